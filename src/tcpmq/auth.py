@@ -1,0 +1,144 @@
+"""Secrets, password hashes and tokens.
+
+Passwords are kept only as scrypt hashes (stdlib `hashlib.scrypt`, a memory-hard
+KDF, so no extra dependency) with a random salt per password; checks compare
+digests in constant time. Tokens are HS256 JWTs signed with the server secret,
+a random 256-bit key created on first start in a file only its owner can read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .errors import AuthFailed
+
+SECRET_FILE = "secret"
+_SECRET_BYTES = 32
+# scrypt cost: N=2**14, r=8 takes ~16 MiB and tens of milliseconds, the
+# interactive-login parameters recommended for scrypt; p=1.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_SCRYPT_MAXMEM = 64 * 1024 * 1024
+_SALT_BYTES = 16
+_ALGORITHM = "HS256"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str) -> str:
+    """Return `scrypt$N$r$p$salt$hash` for storage."""
+    salt = secrets.token_bytes(_SALT_BYTES)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=_SCRYPT_MAXMEM
+    )
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Check a password against a stored hash in constant time; False on any malformed hash."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=_SCRYPT_MAXMEM,
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# Verified against when the user does not exist, so that a wrong user name
+# costs the same time as a wrong password and does not reveal which users exist.
+DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, readable by the owner only (0600), durably."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The token-signing key of this data directory, created on first use."""
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        key = bytes.fromhex(path.read_text().strip())
+        if len(key) < _SECRET_BYTES:
+            raise ValueError(f"{path}: secret is shorter than {_SECRET_BYTES} bytes")
+        return key
+    key = secrets.token_bytes(_SECRET_BYTES)
+    write_private_file(path, key.hex().encode() + b"\n")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user: str
+    role: str
+    uid: str
+    expires_at: int
+
+
+class TokenSigner:
+    """Mints and verifies the broker's tokens (JWT, HS256, algorithm pinned)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def mint(self, user: str, role: str, uid: str, ttl: int, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        claims = {"sub": user, "role": role, "uid": uid, "iat": issued, "exp": issued + ttl}
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
+    def verify(self, token: str) -> TokenClaims:
+        """Check signature and expiry.
+
+        Raises:
+            AuthFailed: malformed, forged, expired, or missing a claim.
+        """
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                options={"require": ["sub", "uid", "iat", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthFailed("token expired") from None
+        except jwt.InvalidTokenError:
+            raise AuthFailed("invalid token") from None
+        user, uid, role = claims.get("sub"), claims.get("uid"), claims.get("role", "")
+        if not isinstance(user, str) or not isinstance(uid, str) or not isinstance(role, str):
+            raise AuthFailed("invalid token")
+        return TokenClaims(user=user, role=role, uid=uid, expires_at=int(claims["exp"]))

@@ -1,0 +1,433 @@
+"""The broker core: channels, their queues, in-flight tables and waiting pulls.
+
+Theory of operation: this module is synchronous and does no I/O. Time comes in
+as an argument (`now`, monotonic seconds), so everything here can be driven and
+checked deterministically; the asyncio layer only moves bytes and wakes
+waiters.
+
+A channel holds one `Queue` per subscription. `publish` encodes each message
+once into a `Message` whose `head` is the delivery's JSON up to its attempt
+number, and appends the same object to every queue. Within a queue a message
+is *ready* (in `fresh`, or in `retry` after a nack or ack timeout) or *in
+flight* (in `inflight`, keyed by id, until acked or its deadline passes).
+
+Ordering: a pull takes the lowest ready ids. Every id in `retry` is lower than
+every id in `fresh` (a message reaches `retry` only after leaving the front of
+the ready set, and later publishes get higher ids), so taking from the `retry`
+heap first and then from the front of `fresh` delivers in publish order.
+
+Deadlines: all deliveries of a queue get the same `ack_timeout`, so
+`inflight`, a dict kept in insertion order, is also in deadline order, and
+expiring is a scan from its front. One heap holds at most one entry per queue
+with messages in flight, for the whole broker: no timer per message.
+
+Waiting pulls register a `Waiter` on a queue. A waiter exists only while its
+queue has nothing ready; whatever makes messages ready (publish, nack, expiry)
+hands them to the waiters in the order they started waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+from .config import Limits
+from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
+from .wire import encode_message_head
+
+
+class Message:
+    """One published message, shared by every queue of its channel."""
+
+    __slots__ = ("head", "id")
+
+    def __init__(self, message_id: int, head: bytes) -> None:
+        self.id = message_id
+        self.head = head
+
+
+class Delivery:
+    """A message in flight: delivered to a consumer, not yet acknowledged."""
+
+    __slots__ = ("attempt", "deadline", "message")
+
+    def __init__(self, message: Message, attempt: int, deadline: float) -> None:
+        self.message = message
+        self.attempt = attempt
+        self.deadline = deadline
+
+
+class Waiter(Protocol):
+    """A pull waiting for messages (implemented by the session layer)."""
+
+    max: int
+
+    def wake(self, deliveries: list[Delivery]) -> None:
+        """The pull is answered with these deliveries (already in flight)."""
+
+    def fail(self, error: TcpmqError) -> None:
+        """The pull is answered with an error (its queue was deleted)."""
+
+
+class Queue:
+    __slots__ = (
+        "ack_timeout",
+        "channel",
+        "created_at",
+        "deleted",
+        "fresh",
+        "inflight",
+        "name",
+        "owner",
+        "ready_bytes",
+        "retry",
+        "scheduled",
+        "waiters",
+    )
+
+    def __init__(
+        self, channel: str, name: str, owner: str, ack_timeout: float, created_at: float
+    ) -> None:
+        self.channel = channel
+        self.name = name
+        self.owner = owner
+        self.ack_timeout = ack_timeout
+        self.created_at = created_at
+        self.fresh: deque[Message] = deque()
+        self.ready_bytes = 0  # encoded size of fresh and retry messages
+        # (id, attempts so far, message): a heap, lowest id first.
+        self.retry: list[tuple[int, int, Message]] = []
+        self.inflight: dict[int, Delivery] = {}
+        self.waiters: deque[Waiter] = deque()
+        self.scheduled = False  # has an entry in the broker's deadline heap
+        self.deleted = False
+
+    @property
+    def depth(self) -> int:
+        """Ready messages: never delivered, or returned by nack or ack timeout."""
+        return len(self.fresh) + len(self.retry)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "channel": self.channel,
+            "owner": self.owner,
+            "created_at": self.created_at,
+            "ack_timeout": self.ack_timeout,
+            "depth": self.depth,
+            "inflight": len(self.inflight),
+        }
+
+
+class Channel:
+    __slots__ = ("created_at", "name", "next_id", "owner", "published", "queues")
+
+    def __init__(self, name: str, owner: str, created_at: float) -> None:
+        self.name = name
+        self.owner = owner
+        self.created_at = created_at
+        self.queues: dict[str, Queue] = {}
+        self.next_id = 1
+        self.published = 0
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "created_at": self.created_at,
+            "published": self.published,
+            "queue_count": len(self.queues),
+        }
+
+
+class Broker:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.channels: dict[str, Channel] = {}
+        # (deadline, tiebreak, queue): when to look at a queue's in-flight table.
+        self._deadlines: list[tuple[float, int, Queue]] = []
+        self._tiebreak = itertools.count()
+
+    # -- channels and queues ---------------------------------------------
+
+    def channel(self, name: str) -> Channel:
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise NotFound(f"channel {name!r} does not exist") from None
+
+    def queue(self, channel: str, name: str) -> Queue:
+        try:
+            return self.channel(channel).queues[name]
+        except KeyError:
+            raise NotFound(f"queue {name!r} does not exist in channel {channel!r}") from None
+
+    def create_channel(self, name: str, owner: str, created_at: float) -> Channel:
+        if name in self.channels:
+            raise AlreadyExists(f"channel {name!r} already exists")
+        if len(self.channels) >= self.limits.max_channels:
+            raise LimitExceeded(
+                "too many channels", limit="max_channels", maximum=self.limits.max_channels
+            )
+        channel = self.channels[name] = Channel(name, owner, created_at)
+        return channel
+
+    def delete_channel(self, name: str) -> None:
+        channel = self.channel(name)
+        del self.channels[name]
+        for queue in list(channel.queues.values()):
+            self._drop_queue(channel, queue)
+
+    def subscribe(
+        self,
+        channel_name: str,
+        queue_name: str,
+        owner: str,
+        ack_timeout: float | None,
+        created_at: float,
+    ) -> tuple[Queue, bool]:
+        """Find or create the queue; returns it and whether it was created.
+
+        Raises:
+            NotFound: no such channel.
+            Forbidden: the queue exists and belongs to someone else.
+            LimitExceeded: the channel has `max_queues_per_channel` queues.
+        """
+        channel = self.channel(channel_name)
+        queue = channel.queues.get(queue_name)
+        if queue is not None:
+            if queue.owner != owner:
+                raise Forbidden(
+                    f"queue {queue_name!r} of channel {channel_name!r} belongs to another user"
+                )
+            if ack_timeout is not None:
+                queue.ack_timeout = ack_timeout
+            return queue, False
+        if len(channel.queues) >= self.limits.max_queues_per_channel:
+            raise LimitExceeded(
+                "too many queues in this channel",
+                limit="max_queues_per_channel",
+                maximum=self.limits.max_queues_per_channel,
+            )
+        timeout = self.limits.default_ack_timeout if ack_timeout is None else ack_timeout
+        queue = Queue(channel_name, queue_name, owner, timeout, created_at)
+        channel.queues[queue_name] = queue
+        return queue, True
+
+    def delete_queue(self, channel_name: str, queue_name: str) -> None:
+        queue = self.queue(channel_name, queue_name)
+        self._drop_queue(self.channels[channel_name], queue)
+
+    def delete_queues_of(self, owner: str) -> int:
+        """Delete every queue `owner` owns (the user is being deleted)."""
+        doomed = [
+            (channel, queue)
+            for channel in self.channels.values()
+            for queue in channel.queues.values()
+            if queue.owner == owner
+        ]
+        for channel, queue in doomed:
+            self._drop_queue(channel, queue)
+        return len(doomed)
+
+    def _drop_queue(self, channel: Channel, queue: Queue) -> None:
+        channel.queues.pop(queue.name, None)
+        queue.deleted = True
+        waiters = list(queue.waiters)
+        queue.waiters.clear()
+        queue.fresh.clear()
+        queue.retry.clear()
+        queue.inflight.clear()
+        gone = NotFound(f"queue {queue.name!r} of channel {channel.name!r} was deleted")
+        for waiter in waiters:
+            waiter.fail(gone)
+
+    # -- messages ---------------------------------------------------------
+
+    def publish(
+        self,
+        channel_name: str,
+        datas: list[bytes],
+        publisher: bytes,
+        published_at: float,
+        now: float,
+    ) -> tuple[list[int], int]:
+        """Append encoded messages to every queue of the channel, all or nothing.
+
+        `datas` are the JSON-encoded data values; `publisher` the publisher's
+        JSON-encoded name. Returns the message ids and how many queues got them.
+
+        Raises:
+            NotFound: no such channel.
+            LimitExceeded: some queue would exceed its message or byte limit.
+        """
+        channel = self.channel(channel_name)
+        first = channel.next_id
+        messages = [
+            Message(first + i, encode_message_head(first + i, data, published_at, publisher))
+            for i, data in enumerate(datas)
+        ]
+        size = sum(len(m.head) for m in messages)
+        queues = channel.queues.values()
+        limits = self.limits
+        for queue in queues:
+            if queue.depth + len(messages) > limits.max_queue_messages:
+                raise LimitExceeded(
+                    f"queue {queue.name!r} is full",
+                    limit="max_queue_messages",
+                    maximum=limits.max_queue_messages,
+                )
+            if queue.ready_bytes + size > limits.max_queue_bytes:
+                raise LimitExceeded(
+                    f"queue {queue.name!r} is full",
+                    limit="max_queue_bytes",
+                    maximum=limits.max_queue_bytes,
+                )
+        channel.next_id = first + len(messages)
+        channel.published += len(messages)
+        for queue in queues:
+            queue.fresh.extend(messages)
+            queue.ready_bytes += size
+            if queue.waiters:
+                self._serve_waiters(queue, now)
+        return [m.id for m in messages], len(queues)
+
+    def pull(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
+        """Put up to `max_messages` ready messages in flight and return them."""
+        if queue.inflight and len(queue.inflight) >= self.limits.max_inflight:
+            return []
+        return self._take(queue, max_messages, now)
+
+    def wait(self, queue: Queue, waiter: Waiter) -> None:
+        """Park a pull until messages are ready. Call only when `pull` returned none."""
+        queue.waiters.append(waiter)
+
+    def cancel_wait(self, queue: Queue, waiter: Waiter) -> None:
+        # Already gone when it was woken or failed.
+        with contextlib.suppress(ValueError):
+            queue.waiters.remove(waiter)
+
+    def ack(self, queue: Queue, ids: Iterable[int], now: float) -> tuple[int, list[int]]:
+        """Remove in-flight messages for good; returns (acked, ids not in flight)."""
+        inflight = queue.inflight
+        acked = 0
+        unknown: list[int] = []
+        for message_id in ids:
+            if inflight.pop(message_id, None) is None:
+                unknown.append(message_id)
+            else:
+                acked += 1
+        if acked and queue.waiters:
+            # Freed in-flight room may let waiters take messages held back by max_inflight.
+            self._serve_waiters(queue, now)
+        return acked, unknown
+
+    def nack(self, queue: Queue, ids: Iterable[int], now: float) -> tuple[int, list[int]]:
+        """Return in-flight messages to ready at once; returns (requeued, unknown ids)."""
+        inflight = queue.inflight
+        returned: list[Delivery] = []
+        unknown: list[int] = []
+        for message_id in ids:
+            delivery = inflight.pop(message_id, None)
+            if delivery is None:
+                unknown.append(message_id)
+            else:
+                returned.append(delivery)
+        if returned:
+            self._requeue(queue, returned, now)
+        return len(returned), unknown
+
+    # -- ack deadlines ----------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `expire` next has work to do (possibly earlier: a harmless early look)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def expire(self, now: float) -> int:
+        """Return every in-flight message whose ack deadline has passed to ready."""
+        heap = self._deadlines
+        expired = 0
+        while heap and heap[0][0] <= now:
+            _, _, queue = heapq.heappop(heap)
+            queue.scheduled = False
+            if queue.deleted:
+                continue
+            inflight = queue.inflight
+            due: list[Delivery] = []
+            for delivery in inflight.values():
+                if delivery.deadline > now:
+                    break
+                due.append(delivery)
+            for delivery in due:
+                del inflight[delivery.message.id]
+            expired += len(due)
+            if due:
+                self._requeue(queue, due, now)
+            if inflight and not queue.scheduled:
+                self._schedule(queue, next(iter(inflight.values())).deadline)
+        return expired
+
+    def _schedule(self, queue: Queue, deadline: float) -> None:
+        queue.scheduled = True
+        heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), queue))
+
+    # -- internals --------------------------------------------------------
+
+    def _take(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
+        room = self.limits.max_inflight - len(queue.inflight)
+        count = min(max_messages, room)
+        if count <= 0:
+            return []
+        deadline = now + queue.ack_timeout
+        # A reply carries at least one message, then stops before exceeding a frame.
+        # 256 bytes leave room for the reply's own fields around the messages.
+        budget = self.limits.max_frame_bytes - 256
+        inflight = queue.inflight
+        retry = queue.retry
+        fresh = queue.fresh
+        taken: list[Delivery] = []
+        while len(taken) < count:
+            if retry:
+                message = retry[0][2]
+                cost = len(message.head) + 24
+                if taken and cost > budget:
+                    break
+                _, attempts, message = heapq.heappop(retry)
+                queue.ready_bytes -= len(message.head)
+                delivery = Delivery(message, attempts + 1, deadline)
+            elif fresh:
+                message = fresh[0]
+                cost = len(message.head) + 24
+                if taken and cost > budget:
+                    break
+                fresh.popleft()
+                queue.ready_bytes -= len(message.head)
+                delivery = Delivery(message, 1, deadline)
+            else:
+                break
+            budget -= cost
+            inflight[message.id] = delivery
+            taken.append(delivery)
+        if taken and not queue.scheduled:
+            self._schedule(queue, next(iter(inflight.values())).deadline)
+        return taken
+
+    def _requeue(self, queue: Queue, deliveries: list[Delivery], now: float) -> None:
+        retry = queue.retry
+        for delivery in deliveries:
+            heapq.heappush(retry, (delivery.message.id, delivery.attempt, delivery.message))
+            queue.ready_bytes += len(delivery.message.head)
+        if queue.waiters:
+            self._serve_waiters(queue, now)
+
+    def _serve_waiters(self, queue: Queue, now: float) -> None:
+        waiters = queue.waiters
+        while waiters and queue.depth:
+            deliveries = self._take(queue, waiters[0].max, now)
+            if not deliveries:
+                return  # max_inflight reached; waiters keep waiting
+            waiters.popleft().wake(deliveries)

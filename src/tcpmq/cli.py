@@ -1,0 +1,118 @@
+"""The `tcpmq` command line: `serve` runs the broker, `token` mints a token offline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_PORT, Limits, ServerConfig, default_data_dir
+from .errors import TcpmqError
+from .server import Server, open_data_dir
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _limit_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits (see protocol.md)")
+    for spec in dataclasses.fields(Limits):
+        default = spec.default
+        group.add_argument(
+            _limit_flag(spec.name),
+            dest=f"limit_{spec.name}",
+            type=type(default),
+            default=default,
+            metavar="N",
+            help=f"default {default}",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcpmq", description="tcpmq message broker")
+    parser.add_argument("--version", action="version", version=f"tcpmq {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the broker",
+        description="Run the broker until SIGTERM or SIGINT.",
+        epilog="example: TCPMQ_ADMIN_PASSWORD=... tcpmq serve --data-dir /var/lib/tcpmq",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="default: $TCPMQ_DATA_DIR, else ~/.local/share/tcpmq",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_limit_flags(serve)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a token offline from the data dir",
+        description="Mint a token for USER with the data dir's secret; no server needed.",
+        epilog="example: tcpmq token alice --ttl 3600 --data-dir /var/lib/tcpmq",
+    )
+    token.add_argument("user")
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default 86400)")
+    token.add_argument("--data-dir", type=Path, default=None)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    values = {f.name: getattr(args, f"limit_{f.name}") for f in dataclasses.fields(Limits)}
+    limits = Limits(**values)
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir or default_data_dir(),
+        limits=limits,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    server = Server(_config(args))
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(server.serve_until_signalled())
+    else:
+        uvloop.run(server.serve_until_signalled())
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> int:
+    config = ServerConfig(data_dir=args.data_dir or default_data_dir())
+    signer, users = open_data_dir(config)
+    user = users.get(args.user)
+    ttl = config.limits.default_token_ttl if args.ttl is None else args.ttl
+    if not 1 <= ttl <= config.limits.max_token_ttl:
+        raise ValueError(f"--ttl must be between 1 and {config.limits.max_token_ttl}")
+    print(signer.mint(user.name, user.role, user.uid, ttl))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _token(args)
+    except (TcpmqError, ValueError, OSError) as exc:
+        print(f"tcpmq: {exc}", file=sys.stderr)
+        return EXIT_ERROR

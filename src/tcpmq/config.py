@@ -1,0 +1,72 @@
+"""Server settings and the limits that protect the broker.
+
+Every limit is checked before work is done (on the unterminated read buffer,
+before a payload is decoded, before anything is enqueued) and every one is
+listed in protocol.md with its default. The defaults are sized for one broker
+on a small VM: large enough that no ordinary client meets them, small enough
+that one hostile client cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 7878
+
+
+def default_data_dir() -> Path:
+    """`$TCPMQ_DATA_DIR`, else the XDG data home of the user running the broker."""
+    env = os.environ.get("TCPMQ_DATA_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "tcpmq"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # A frame is one request line. 1 MiB bounds the per-connection read buffer
+    # and the largest message; pull replies are capped at the same size.
+    max_frame_bytes: int = 1024 * 1024
+    # Messages in one batch publish, and the largest `max` of one pull.
+    max_batch: int = 1000
+    # Longest long-poll `wait` in seconds; longer waits only tie up a connection.
+    max_wait: float = 300.0
+    default_ack_timeout: float = 30.0
+    min_ack_timeout: float = 0.1
+    max_ack_timeout: float = 43200.0
+    # Ready (not yet delivered) messages per queue; a publish that would
+    # overflow any queue of its channel is refused whole with limit_exceeded.
+    max_queue_messages: int = 1_000_000
+    max_queue_bytes: int = 256 * 1024 * 1024
+    # Delivered-but-unacked messages per queue; a pull returns fewer beyond it.
+    max_inflight: int = 100_000
+    max_users: int = 10_000
+    max_channels: int = 10_000
+    max_queues_per_channel: int = 1_000
+    max_connections: int = 10_000
+    max_connections_per_user: int = 1_000
+    # A connection that has not authenticated within this many seconds is closed.
+    auth_timeout: float = 10.0
+    # Requests read but not yet answered (behind a long-poll or a login) per
+    # connection; above it the server stops reading that connection.
+    max_pipeline: int = 1000
+    # Unsent reply bytes per connection above which the server stops reading
+    # that connection's requests until the client catches up.
+    write_buffer_high: int = 4 * 1024 * 1024
+    # Concurrent password hashes (scrypt uses 16 MiB each and a CPU core).
+    max_concurrent_logins: int = 4
+    default_token_ttl: int = 86400
+    max_token_ttl: int = 30 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    limits: Limits = field(default_factory=Limits)
+    # Seconds a graceful shutdown waits for connections before closing them.
+    shutdown_grace: float = 5.0

@@ -1,0 +1,150 @@
+"""The error vocabulary of tcpmq.
+
+`ErrorCode` *is* the wire vocabulary: its values are the stable strings that
+appear in `{"ok": false, "error": {"code": ...}}` and in `bye` events. Every
+exception the broker raises on purpose is a `TcpmqError` carrying one code and
+optional structured fields (which field was wrong, the limit and its maximum),
+so the session layer turns any of them into one reply without special cases.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNAUTHENTICATED = "unauthenticated"
+    AUTH_FAILED = "auth_failed"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class TcpmqError(Exception):
+    """Root of every tcpmq error, on the server and in the client library.
+
+    `code` is the stable wire code; `details` are the extra structured fields
+    of the error object (for example `field`, `limit`, `max`).
+    """
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **details: Any) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.details = details
+
+    @classmethod
+    def from_wire(cls, error: dict[str, Any]) -> TcpmqError:
+        """Rebuild the exception a peer described in an `error` object.
+
+        Codes this version does not know still raise a `TcpmqError` whose
+        `code` is the raw string, so newer servers do not break older clients.
+        """
+        raw_code = str(error.get("code", ErrorCode.INTERNAL))
+        message = str(error.get("message", raw_code))
+        details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        try:
+            code = ErrorCode(raw_code)
+        except ValueError:
+            exc = TcpmqError(message, **details)
+            exc.code = raw_code  # type: ignore[assignment]
+            return exc
+        klass = ERROR_CLASSES.get(code, TcpmqError)
+        exc = klass.__new__(klass)
+        TcpmqError.__init__(exc, message, code=code, **details)
+        return exc
+
+    def to_wire(self) -> dict[str, Any]:
+        """The `error` object of a reply or a `bye` event."""
+        return {"code": self.code.value, "message": self.message, **self.details}
+
+
+class BadJson(TcpmqError):
+    code = ErrorCode.BAD_JSON
+
+
+class BadRequest(TcpmqError):
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        if field is None:
+            super().__init__(message)
+        else:
+            super().__init__(message, field=field)
+
+
+class UnknownOp(TcpmqError):
+    code = ErrorCode.UNKNOWN_OP
+
+
+class FrameTooLarge(TcpmqError):
+    code = ErrorCode.FRAME_TOO_LARGE
+
+    def __init__(self, maximum: int) -> None:
+        super().__init__(f"frame exceeds {maximum} bytes", max=maximum)
+        self.maximum = maximum
+
+
+class Unauthenticated(TcpmqError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class AuthFailed(TcpmqError):
+    code = ErrorCode.AUTH_FAILED
+
+
+class Forbidden(TcpmqError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(TcpmqError):
+    code = ErrorCode.NOT_FOUND
+
+
+class AlreadyExists(TcpmqError):
+    code = ErrorCode.ALREADY_EXISTS
+
+
+class LimitExceeded(TcpmqError):
+    code = ErrorCode.LIMIT_EXCEEDED
+
+    def __init__(self, message: str, *, limit: str, maximum: int | float) -> None:
+        super().__init__(message, limit=limit, max=maximum)
+
+
+class ShuttingDown(TcpmqError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class InternalError(TcpmqError):
+    code = ErrorCode.INTERNAL
+
+
+ERROR_CLASSES: dict[ErrorCode, type[TcpmqError]] = {
+    cls.code: cls
+    for cls in (
+        BadJson,
+        BadRequest,
+        UnknownOp,
+        FrameTooLarge,
+        Unauthenticated,
+        AuthFailed,
+        Forbidden,
+        NotFound,
+        AlreadyExists,
+        LimitExceeded,
+        ShuttingDown,
+        InternalError,
+    )
+}

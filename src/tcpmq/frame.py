@@ -1,0 +1,71 @@
+"""Line framing, free of I/O.
+
+Theory of operation: bytes go in with `feed()`, complete frames come out as a
+list. A frame is the content of one line without its `\\n` (and without a `\\r`
+just before it); blank lines are dropped because the protocol ignores them.
+The decoder keeps only the unterminated tail between calls, and refuses to keep
+more than `max_frame_bytes` of it: a peer cannot make the server buffer an
+unbounded line while waiting for its newline.
+
+When a line is too long the stream is broken for good (there is no way to find
+the next frame boundary without buffering the rest of the giant line), so the
+decoder records `error` and returns nothing more. Frames completed before the
+oversized line in the same `feed()` are still returned, so replies to them go
+out before the `frame_too_large` reply.
+"""
+
+from __future__ import annotations
+
+from .errors import FrameTooLarge
+
+__all__ = ["FrameDecoder", "FrameTooLarge"]
+
+
+class FrameDecoder:
+    __slots__ = ("_tail", "error", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._tail = b""
+        self.error: FrameTooLarge | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unterminated line held back."""
+        return len(self._tail)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the frames they complete, in order.
+
+        After a line longer than `max_frame_bytes` (its `\\r\\n` or `\\n` not
+        counted) `error` is set, and this and every later call return only the
+        frames that came before it.
+        """
+        if self.error is not None:
+            return []
+        if self._tail:
+            data = self._tail + data
+        lines = data.split(b"\n")
+        # The last piece has no newline yet: keep it for the next call.
+        self._tail = lines.pop()
+        limit = self.max_frame_bytes
+        frames: list[bytes] = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > limit:
+                return self._fail(frames)
+            # A line of only whitespace is blank: not a frame, no reply.
+            if line and not line.isspace():
+                frames.append(line)
+        # The tail may still end in "\r" that belongs to a coming "\r\n".
+        if len(self._tail) > limit + 1 or (
+            len(self._tail) == limit + 1 and not self._tail.endswith(b"\r")
+        ):
+            return self._fail(frames)
+        return frames
+
+    def _fail(self, frames: list[bytes]) -> list[bytes]:
+        self.error = FrameTooLarge(self.max_frame_bytes)
+        self._tail = b""
+        return frames

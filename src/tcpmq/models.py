@@ -1,0 +1,89 @@
+"""Result objects of the protocol, shared by the server and the client library.
+
+The server builds replies from these models (except on the hot path, where
+publish and pull replies are assembled from pre-encoded bytes) and the client
+library parses replies into them, so both sides agree on one definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Role = Literal["user", "admin"]
+
+
+class _Result(BaseModel):
+    # Clients ignore fields they do not know, so a newer server can add some.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class UserInfo(_Result):
+    name: str
+    role: Role
+    created_at: float
+
+
+class QueueInfo(_Result):
+    name: str
+    channel: str
+    owner: str
+    created_at: float
+    ack_timeout: float
+    depth: int
+    inflight: int
+
+
+class ChannelInfo(_Result):
+    name: str
+    owner: str
+    created_at: float
+    published: int
+    queue_count: int
+    # Only `channel.get` fills this in.
+    queues: list[QueueInfo] | None = None
+
+
+class Message(_Result):
+    id: int
+    data: Any
+    published_at: float
+    publisher: str
+    attempt: int
+
+
+class Identity(_Result):
+    user: str
+    role: Role
+    expires_at: float | None = None
+
+
+class LoginResult(Identity):
+    token: str
+
+
+class PublishResult(_Result):
+    message_ids: list[int]
+    queues: int
+
+
+class AckResult(_Result):
+    acked: int
+    unknown: list[int]
+
+
+class NackResult(_Result):
+    requeued: int
+    unknown: list[int]
+
+
+class SubscribeResult(_Result):
+    queue: QueueInfo
+    created: bool
+
+
+class OpHelp(_Result):
+    op: str
+    fields: str
+    summary: str

@@ -1,0 +1,152 @@
+"""Shared fixtures: a real server on an ephemeral loopback port, raw-socket helpers.
+
+Every test that needs a broker gets its own, bound to port 0 with a fresh data
+directory; `Server.start()` returns once the socket listens, so no test waits
+by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from tcpmq.config import Limits, ServerConfig
+from tcpmq.server import Server
+
+ADMIN_PASSWORD = "admin-test-password"
+USER_PASSWORD = "user-test-password"
+# Generous: replies normally arrive in microseconds; this only stops a broken test hanging.
+REPLY_TIMEOUT = 10.0
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    # The broker runs on uvloop in production, so the tests do too.
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def make_config(data_dir: Path, **limits: Any) -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir, limits=Limits(**limits))
+
+
+@asynccontextmanager
+async def running_server(data_dir: Path, **limits: Any) -> AsyncIterator[Server]:
+    server = Server(make_config(data_dir, **limits), admin_password=ADMIN_PASSWORD)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(tmp_path / "data") as srv:
+        yield srv
+
+
+class Wire:
+    """A raw line-JSON connection: what `nc` would do, with a timeout on every read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.hello: dict[str, Any] = {}
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send(self, op: str, **fields: Any) -> None:
+        await self.send_raw(orjson.dumps({"op": op, **fields}) + b"\n")
+
+    async def recv_line(self) -> bytes:
+        line = await asyncio.wait_for(self.reader.readline(), REPLY_TIMEOUT)
+        if not line:
+            raise EOFError("server closed the connection")
+        return line
+
+    async def recv(self) -> dict[str, Any]:
+        value = orjson.loads(await self.recv_line())
+        assert isinstance(value, dict)
+        return value
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        await self.send(op, **fields)
+        return await self.recv()
+
+    async def ok(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Call and assert success; returns the reply."""
+        reply = await self.call(op, **fields)
+        assert reply["ok"] is True, reply
+        return reply
+
+    async def closed(self) -> bool:
+        """True once the server has closed the connection (EOF within the timeout)."""
+        data = await asyncio.wait_for(self.reader.read(), REPLY_TIMEOUT)
+        return data == b"" or data.endswith(b"\n")
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+@asynccontextmanager
+async def open_wire(server: Server, *, limit: int = 16 * 1024 * 1024) -> AsyncIterator[Wire]:
+    reader, writer = await asyncio.open_connection(server.host, server.port, limit=limit)
+    wire = Wire(reader, writer)
+    try:
+        wire.hello = await wire.recv()
+        assert wire.hello["event"] == "hello", wire.hello
+        yield wire
+    finally:
+        await wire.close()
+
+
+@asynccontextmanager
+async def open_user_wire(server: Server, user: str) -> AsyncIterator[Wire]:
+    """A raw connection already authenticated as `user` (with a minted token)."""
+    async with open_wire(server) as wire:
+        await wire.ok("auth", token=server.mint_token(user))
+        yield wire
+
+
+@pytest.fixture
+async def wire(server: Server) -> AsyncIterator[Wire]:
+    async with open_wire(server) as w:
+        yield w
+
+
+@pytest.fixture
+async def admin(server: Server) -> AsyncIterator[Wire]:
+    async with open_user_wire(server, "admin") as w:
+        yield w
+
+
+async def create_user(admin: Wire, name: str, role: str = "user") -> None:
+    await admin.ok("user.create", name=name, password=USER_PASSWORD, role=role)
+
+
+@pytest.fixture
+async def alice(server: Server, admin: Wire) -> AsyncIterator[Wire]:
+    await create_user(admin, "alice")
+    async with open_user_wire(server, "alice") as w:
+        yield w
+
+
+@pytest.fixture
+async def bob(server: Server, admin: Wire) -> AsyncIterator[Wire]:
+    await create_user(admin, "bob")
+    async with open_user_wire(server, "bob") as w:
+        yield w
