@@ -8,8 +8,9 @@ by sleeping.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,16 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         yield srv
 
 
+def expect_error(reply: dict[str, Any], code: str) -> dict[str, Any]:
+    """Assert `reply` is an error reply with `code`; returns its `error` object."""
+    assert reply.get("ok") is False, reply
+    error = reply["error"]
+    assert isinstance(error, dict), reply
+    assert error.get("code") == code, reply
+    assert isinstance(error.get("message"), str), reply
+    return error
+
+
 class Wire:
     """A raw line-JSON connection: what `nc` would do, with a timeout on every read."""
 
@@ -89,6 +100,23 @@ class Wire:
         assert reply["ok"] is True, reply
         return reply
 
+    async def error(self, op: str, code: str, **fields: Any) -> dict[str, Any]:
+        """Call and assert failure with `code`; returns the reply's `error` object."""
+        return expect_error(await self.call(op, **fields), code)
+
+    async def rest(self) -> bytes:
+        """Everything the server still sends until it closes the connection.
+
+        A reset after the server's last bytes counts as a close too.
+        """
+        chunks: list[bytes] = []
+        try:
+            while chunk := await asyncio.wait_for(self.reader.read(65536), REPLY_TIMEOUT):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
     async def closed(self) -> bool:
         """True once the server has closed the connection (EOF within the timeout)."""
         data = await asyncio.wait_for(self.reader.read(), REPLY_TIMEOUT)
@@ -96,10 +124,8 @@ class Wire:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 @asynccontextmanager
@@ -150,3 +176,13 @@ async def bob(server: Server, admin: Wire) -> AsyncIterator[Wire]:
     await create_user(admin, "bob")
     async with open_user_wire(server, "bob") as w:
         yield w
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Long soak and fuzz runs are opt-in; CI runs their bounded versions.
+    if os.environ.get("TCPMQ_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set TCPMQ_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -50,14 +50,17 @@ class Limits:
     max_connections_per_user: int = 1_000
     # A connection that has not authenticated within this many seconds is closed.
     auth_timeout: float = 10.0
-    # Requests read but not yet answered (behind a long-poll or a login) per
-    # connection; above it the server stops reading that connection.
+    # Requests read but not yet handled (behind a long-poll or a login, or
+    # while replies back up) per connection, by count and by size; above
+    # either the server stops reading that connection.
     max_pipeline: int = 1000
+    max_pipeline_bytes: int = 4 * 1024 * 1024
     # Unsent reply bytes per connection above which the server stops reading
     # that connection's requests until the client catches up.
     write_buffer_high: int = 4 * 1024 * 1024
     # Concurrent password hashes (scrypt uses 16 MiB each and a CPU core).
-    max_concurrent_logins: int = 4
+    # Two keeps a core free for the event loop on a small VM.
+    max_concurrent_logins: int = 2
     default_token_ttl: int = 86400
     max_token_ttl: int = 30 * 86400
 

@@ -20,6 +20,8 @@ from .errors import FrameTooLarge
 
 __all__ = ["FrameDecoder", "FrameTooLarge"]
 
+_BLANK = b" \t\r"
+
 
 class FrameDecoder:
     __slots__ = ("_tail", "error", "max_frame_bytes")
@@ -55,8 +57,9 @@ class FrameDecoder:
                 line = line[:-1]
             if len(line) > limit:
                 return self._fail(frames)
-            # A line of only whitespace is blank: not a frame, no reply.
-            if line and not line.isspace():
+            # Blank (empty, or only spaces, tabs and \r): not a frame, no reply.
+            # The first-byte test keeps the strip off the path of real frames.
+            if line and (line[0] not in _BLANK or line.strip(_BLANK)):
                 frames.append(line)
         # The tail may still end in "\r" that belongs to a coming "\r\n".
         if len(self._tail) > limit + 1 or (

@@ -1,12 +1,13 @@
 """One client connection: framing, the lifecycle state table, in-order replies, flow control.
 
-Theory of operation: `data_received` feeds the frame decoder and handles each
-complete frame at once, collecting the reply lines and writing them with one
-`write` per read. A handler that cannot answer yet returns a `Pending`; until
-it completes, later frames wait in `_backlog` so replies keep request order.
-When the backlog reaches `max_pipeline` frames, or the transport's write
-buffer passes `write_buffer_high`, reading pauses: a client that does not read
-its replies only slows itself.
+Theory of operation: `data_received` feeds the frame decoder, queues the
+complete frames in `_backlog` and handles them in order, collecting the reply
+lines and writing them with one `write` per read. Handling stops while a
+reply is pending (a handler returned a `Pending`: long-poll, login), so
+replies keep request order, and while the transport's write buffer is above
+`write_buffer_high`. When the backlog holds `max_pipeline` frames or
+`max_pipeline_bytes`, or writing is paused, reading pauses too: a client that
+floods requests or does not read its replies only slows itself.
 
 Lifecycle (the whole table; `_ALLOWED` says which ops each state admits):
 
@@ -69,8 +70,11 @@ class Session(asyncio.Protocol):
         self.peer = "?"
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
-        # Frames read while a reply is pending; None marks the frame_too_large point.
+        self._out_bytes = 0
+        # Frames read but not yet handled (a reply is pending, or the client is
+        # not reading its replies); None marks where a frame was too large.
         self._backlog: deque[bytes | None] = deque()
+        self._backlog_bytes = 0
         self._pending: Pending | None = None
         self._pending_head = b""
         self._reading_paused = False
@@ -100,17 +104,12 @@ class Session(asyncio.Protocol):
         if self.state is State.CLOSED:
             return
         frames = self._decoder.feed(data)
-        if self._pending is None and not self._backlog:
-            for index, frame in enumerate(frames):
-                self._handle(frame)
-                if self._pending is not None:
-                    self._backlog.extend(frames[index + 1 :])
-                    break
-        else:
-            self._backlog.extend(frames)
+        backlog = self._backlog
+        backlog.extend(frames)
+        self._backlog_bytes += sum(map(len, frames))
         if self._decoder.error is not None:
-            self._backlog.append(None)
-            self._drain_backlog()
+            backlog.append(None)
+        self._drain_backlog()
         self._flush()
         self._update_reading()
         self.server.watch_deadlines()
@@ -128,6 +127,7 @@ class Session(asyncio.Protocol):
             self._pending.cancel()
             self._pending = None
         self._backlog.clear()
+        self._backlog_bytes = 0
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         self.server.forget(self)
@@ -138,7 +138,10 @@ class Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._update_reading()
+        if self._backlog:
+            self.server.loop.call_soon(self._resume)
+        else:
+            self._update_reading()
 
     # -- authentication -----------------------------------------------------
 
@@ -188,7 +191,9 @@ class Session(asyncio.Protocol):
             self._pending_head = head
             result.on_done(self._pending_done)
         else:
-            self._out.append(wire.reply_ok(head, result))
+            reply = wire.reply_ok(head, result)
+            self._out.append(reply)
+            self._out_bytes += len(reply)
 
     def _pending_done(self, pending: Pending) -> None:
         if pending is not self._pending:
@@ -216,27 +221,44 @@ class Session(asyncio.Protocol):
             self.close(None)
 
     def _drain_backlog(self) -> None:
+        """Handle queued frames until one must wait: for a pending reply or a full write buffer."""
         backlog = self._backlog
-        while backlog and self._pending is None and self.state is not State.CLOSED:
+        flush_at = self._limits.write_buffer_high
+        while backlog and self._pending is None and not self._writing_paused:
+            if self.state is State.CLOSED:
+                return
             frame = backlog.popleft()
             if frame is None:
                 error = self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
                 self._out.append(wire.reply_error(b"", error))
                 self.close(None)
                 return
+            self._backlog_bytes -= len(frame)
             self._handle(frame)
+            if self._out_bytes >= flush_at:
+                # Writing may pause us (pause_writing runs inside write), so a
+                # client that does not read cannot make us build replies forever.
+                self._flush()
 
     def _flush(self) -> None:
-        if self._out and self._transport is not None and self.state is not State.CLOSED:
-            out = self._out
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out = self._out
+        if not out:
+            return
         self._out = []
+        self._out_bytes = 0
+        if self._transport is not None and self.state is not State.CLOSED:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _update_reading(self) -> None:
         transport = self._transport
         if transport is None or self.state is State.CLOSED:
             return
-        should_pause = self._writing_paused or len(self._backlog) >= self._limits.max_pipeline
+        limits = self._limits
+        should_pause = (
+            self._writing_paused
+            or len(self._backlog) >= limits.max_pipeline
+            or self._backlog_bytes >= limits.max_pipeline_bytes
+        )
         if should_pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()

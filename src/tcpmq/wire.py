@@ -179,10 +179,10 @@ def take_id(request: dict[str, Any]) -> bytes:
     Raises:
         BadRequest: the id is neither a short string nor a 64-bit integer.
     """
-    rid = request.pop("id", None)
-    if rid is None:
+    if "id" not in request:
         return b""
-    if isinstance(rid, bool) or not isinstance(rid, int | str):
+    rid = request.pop("id")
+    if rid is None or isinstance(rid, bool) or not isinstance(rid, int | str):
         raise BadRequest("id must be a string or an integer", field="id")
     if isinstance(rid, str) and len(rid) > MAX_ID_CHARS:
         raise BadRequest(f"id longer than {MAX_ID_CHARS} characters", field="id")
@@ -213,6 +213,11 @@ def decode_fields(op: str, fields: dict[str, Any]) -> Request:
     Raises:
         BadRequest: naming the first offending field.
     """
+    for key, value in fields.items():
+        # Optional fields are omitted for their default, never null: only
+        # `data` may be null, because null is a message like any other.
+        if value is None and key != "data":
+            raise BadRequest(f"{key} must not be null; omit it for its default", field=key)
     try:
         return OPS[op].model.model_validate(fields)
     except ValidationError as exc:

@@ -1,0 +1,177 @@
+"""The broker core on its own: synchronous, no sockets, time passed in."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tcpmq.broker import Broker, Delivery
+from tcpmq.config import Limits
+from tcpmq.errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
+
+PUBLISHER = orjson.dumps("alice")
+
+
+class RecordingWaiter:
+    def __init__(self, max_messages: int = 10) -> None:
+        self.max = max_messages
+        self.woken: list[Delivery] | None = None
+        self.error: TcpmqError | None = None
+
+    def wake(self, deliveries: list[Delivery]) -> None:
+        assert self.woken is None, "woken twice"
+        self.woken = deliveries
+
+    def fail(self, error: TcpmqError) -> None:
+        self.error = error
+
+
+def make_broker(**limits: int | float) -> Broker:
+    broker = Broker(Limits(**limits))  # type: ignore[arg-type]
+    broker.create_channel("ch", "alice", 0.0)
+    return broker
+
+
+def publish(broker: Broker, *values: object, now: float = 0.0) -> list[int]:
+    ids, _ = broker.publish("ch", [orjson.dumps(v) for v in values], PUBLISHER, 1.0, now)
+    return ids
+
+
+def ids_of(deliveries: list[Delivery]) -> list[int]:
+    return [d.message.id for d in deliveries]
+
+
+def test_publish_fans_out_the_same_encoded_message() -> None:
+    broker = make_broker()
+    q1, _ = broker.subscribe("ch", "q1", "alice", None, 0.0)
+    q2, _ = broker.subscribe("ch", "q2", "bob", None, 0.0)
+    assert publish(broker, "a", "b") == [1, 2]
+    first = broker.pull(q1, 10, now=0.0)
+    second = broker.pull(q2, 10, now=0.0)
+    assert ids_of(first) == ids_of(second) == [1, 2]
+    # Encoded once: both queues deliver the very same bytes object.
+    assert first[0].message.head is second[0].message.head
+    assert orjson.loads(first[0].message.head + b"1}")["data"] == "a"
+
+
+def test_redelivery_after_ack_timeout_keeps_publish_order() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", 5.0, 0.0)
+    publish(broker, *range(6))
+    assert ids_of(broker.pull(queue, 3, now=0.0)) == [1, 2, 3]
+    broker.ack(queue, [2], now=1.0)
+    assert broker.next_deadline() == 5.0
+    assert broker.expire(4.99) == 0
+    assert broker.expire(5.0) == 2
+    again = broker.pull(queue, 10, now=6.0)
+    assert ids_of(again) == [1, 3, 4, 5, 6]
+    assert [d.attempt for d in again] == [2, 2, 1, 1, 1]
+
+
+def test_nack_returns_messages_ahead_of_later_ones_in_id_order() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    publish(broker, *range(5))
+    broker.pull(queue, 4, now=0.0)
+    assert broker.nack(queue, [3, 99], now=0.0) == (1, [99])
+    assert broker.nack(queue, [1], now=0.0) == (1, [])
+    assert ids_of(broker.pull(queue, 10, now=0.0)) == [1, 3, 5]
+
+
+def test_ack_reports_unknown_ids_and_is_idempotent() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    publish(broker, "x")
+    broker.pull(queue, 1, now=0.0)
+    assert broker.ack(queue, [1, 2], now=0.0) == (1, [2])
+    assert broker.ack(queue, [1], now=0.0) == (0, [1])
+    assert broker.expire(1e9) == 0
+
+
+def test_waiters_are_served_in_order_and_only_with_what_is_ready() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    first, second = RecordingWaiter(2), RecordingWaiter(2)
+    broker.wait(queue, first)
+    broker.wait(queue, second)
+    publish(broker, "a", "b", "c")
+    assert first.woken is not None and ids_of(first.woken) == [1, 2]
+    assert second.woken is not None and ids_of(second.woken) == [3]
+    assert queue.depth == 0 and len(queue.inflight) == 3
+
+
+def test_expiry_wakes_a_waiter() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", 1.0, 0.0)
+    publish(broker, "a")
+    broker.pull(queue, 1, now=0.0)
+    waiter = RecordingWaiter()
+    broker.wait(queue, waiter)
+    broker.expire(1.0)
+    assert waiter.woken is not None and [d.attempt for d in waiter.woken] == [2]
+
+
+def test_deleting_a_queue_fails_its_waiters() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    waiter = RecordingWaiter()
+    broker.wait(queue, waiter)
+    broker.delete_channel("ch")
+    assert isinstance(waiter.error, NotFound)
+    with pytest.raises(NotFound):
+        broker.queue("ch", "q")
+
+
+def test_max_inflight_holds_messages_back_until_acks() -> None:
+    broker = make_broker(max_inflight=2)
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    publish(broker, "a", "b", "c")
+    assert ids_of(broker.pull(queue, 10, now=0.0)) == [1, 2]
+    assert broker.pull(queue, 10, now=0.0) == []
+    waiter = RecordingWaiter()
+    broker.wait(queue, waiter)
+    broker.ack(queue, [1], now=0.0)
+    assert waiter.woken is not None and ids_of(waiter.woken) == [3]
+
+
+def test_pull_reply_stays_within_a_frame_but_returns_at_least_one() -> None:
+    broker = make_broker(max_frame_bytes=2000)
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    publish(broker, "x" * 900, "y" * 900, "z" * 3000)
+    assert ids_of(broker.pull(queue, 10, now=0.0)) == [1]
+    assert ids_of(broker.pull(queue, 10, now=0.0)) == [2]
+    assert ids_of(broker.pull(queue, 10, now=0.0)) == [3]
+
+
+def test_full_queue_refuses_the_whole_batch_everywhere() -> None:
+    broker = make_broker(max_queue_messages=3)
+    roomy, _ = broker.subscribe("ch", "roomy", "alice", None, 0.0)
+    full, _ = broker.subscribe("ch", "full", "bob", None, 0.0)
+    publish(broker, 1, 2)
+    broker.pull(roomy, 10, now=0.0)
+    with pytest.raises(LimitExceeded) as caught:
+        publish(broker, 3, 4)
+    assert caught.value.details == {"limit": "max_queue_messages", "max": 3}
+    assert roomy.depth == 0 and full.depth == 2
+    # Refused publishes use no ids.
+    assert publish(broker, 3) == [3]
+
+
+def test_subscribe_is_idempotent_for_the_owner_only() -> None:
+    broker = make_broker()
+    queue, created = broker.subscribe("ch", "q", "alice", None, 0.0)
+    assert created and queue.ack_timeout == 30.0
+    again, created = broker.subscribe("ch", "q", "alice", 2.5, 0.0)
+    assert again is queue and not created and queue.ack_timeout == 2.5
+    with pytest.raises(Forbidden):
+        broker.subscribe("ch", "q", "bob", None, 0.0)
+    with pytest.raises(AlreadyExists):
+        broker.create_channel("ch", "bob", 0.0)
+
+
+def test_deleting_a_users_queues() -> None:
+    broker = make_broker()
+    broker.subscribe("ch", "a", "alice", None, 0.0)
+    broker.subscribe("ch", "b", "bob", None, 0.0)
+    assert broker.delete_queues_of("alice") == 1
+    assert list(broker.channel("ch").queues) == ["b"]

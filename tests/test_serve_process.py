@@ -1,0 +1,174 @@
+"""`tcpmq serve` and `tcpmq token` as real processes: first start, restart, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import stat
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+READY = re.compile(rb"tcpmq listening on (\S+):(\d+)")
+CREATED = re.compile(rb"created user 'admin' with password (\S+)")
+STARTUP_TIMEOUT = 30.0
+
+
+@dataclass
+class ServeProcess:
+    process: asyncio.subprocess.Process
+    host: str
+    port: int
+    startup_log: bytes
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TCPMQ_ADMIN_PASSWORD"}
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def serve(data_dir: Path, **env: str) -> AsyncIterator[ServeProcess]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tcpmq",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(**env),
+    )
+    assert process.stderr is not None
+    log = b""
+    try:
+        # The readiness signal is the "listening" line, not a sleep.
+        while (match := READY.search(log)) is None:
+            line = await asyncio.wait_for(process.stderr.readline(), STARTUP_TIMEOUT)
+            assert line, f"server exited before listening: {log.decode()}"
+            log += line
+        yield ServeProcess(process, match.group(1).decode(), int(match.group(2)), log)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def call(host: str, port: int, *requests: dict[str, object]) -> list[dict[str, object]]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        hello = orjson.loads(await asyncio.wait_for(reader.readline(), 10))
+        assert hello["event"] == "hello"
+        writer.write(b"".join(orjson.dumps(r) + b"\n" for r in requests))
+        return [orjson.loads(await asyncio.wait_for(reader.readline(), 10)) for _ in requests]
+    finally:
+        writer.close()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tcpmq",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_first_start_generates_admin_password_once_and_secrets_are_private(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    async with serve(data_dir) as server:
+        match = CREATED.search(server.startup_log)
+        assert match, server.startup_log
+        password = match.group(1).decode()
+        [reply] = await call(
+            server.host, server.port, {"op": "login", "user": "admin", "password": password}
+        )
+        assert reply["ok"] is True and reply["role"] == "admin"
+    assert mode(data_dir) == 0o700
+    assert mode(data_dir / "secret") == 0o600
+    assert mode(data_dir / "users.json") == 0o600
+    assert password.encode() not in (data_dir / "users.json").read_bytes()
+
+    # Second start: users kept, nothing printed, the same password still works.
+    async with serve(data_dir) as server:
+        assert CREATED.search(server.startup_log) is None
+        [reply] = await call(
+            server.host, server.port, {"op": "login", "user": "admin", "password": password}
+        )
+        assert reply["ok"] is True
+
+
+async def test_admin_password_from_environment(tmp_path: Path) -> None:
+    async with serve(tmp_path / "data", TCPMQ_ADMIN_PASSWORD="from-the-env-123") as server:
+        assert CREATED.search(server.startup_log) is None
+        wrong, right = await call(
+            server.host,
+            server.port,
+            {"op": "login", "user": "admin", "password": "not-the-password"},
+            {"op": "login", "user": "admin", "password": "from-the-env-123"},
+        )
+        assert wrong["ok"] is False and wrong["error"]["code"] == "auth_failed"
+        assert right["ok"] is True
+
+
+async def test_sigterm_says_bye_and_exits_cleanly(tmp_path: Path) -> None:
+    async with serve(tmp_path / "data", TCPMQ_ADMIN_PASSWORD="sigterm-test-pw") as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        await asyncio.wait_for(reader.readline(), 10)
+        server.process.send_signal(signal.SIGTERM)
+        bye = orjson.loads(await asyncio.wait_for(reader.readline(), 10))
+        assert bye == {
+            "event": "bye",
+            "error": {"code": "shutting_down", "message": "server is shutting down"},
+        }
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        assert await asyncio.wait_for(server.process.wait(), 15) == 0
+
+
+async def test_token_is_minted_offline_and_accepted(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    async with serve(data_dir, TCPMQ_ADMIN_PASSWORD="token-test-pw") as server:
+        code, out, err = await run_cli(
+            "token", "admin", "--ttl", "600", "--data-dir", str(data_dir)
+        )
+        assert code == 0, err
+        token = out.strip()
+        [reply] = await call(server.host, server.port, {"op": "auth", "token": token})
+        assert reply["ok"] is True and reply["user"] == "admin"
+        assert isinstance(reply["expires_at"], int)
+
+    code, out, err = await run_cli("token", "nobody", "--data-dir", str(data_dir))
+    assert code == 1 and out == ""
+    assert "nobody" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5"])
+async def test_token_refuses_a_bad_ttl(tmp_path: Path, ttl: str) -> None:
+    data_dir = tmp_path / "data"
+    async with serve(data_dir, TCPMQ_ADMIN_PASSWORD="token-test-pw"):
+        pass
+    code, _, err = await run_cli("token", "admin", "--ttl", ttl, "--data-dir", str(data_dir))
+    assert code == 1 and "--ttl" in err
