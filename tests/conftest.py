@@ -90,6 +90,11 @@ class Wire:
         assert isinstance(value, dict)
         return value
 
+    async def call_raw(self, line: bytes) -> dict[str, Any]:
+        """Send one request line as given (a newline is added) and read one reply."""
+        await self.send_raw(line + b"\n")
+        return await self.recv()
+
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
         await self.send(op, **fields)
         return await self.recv()
