@@ -97,7 +97,7 @@ def test_waiters_are_served_in_order_and_only_with_what_is_ready() -> None:
     publish(broker, "a", "b", "c")
     assert first.woken is not None and ids_of(first.woken) == [1, 2]
     assert second.woken is not None and ids_of(second.woken) == [3]
-    assert queue.depth == 0 and len(queue.inflight) == 3
+    assert queue.depth == 0 and queue.inflight_count == 3
 
 
 def test_expiry_wakes_a_waiter() -> None:
@@ -175,3 +175,22 @@ def test_deleting_a_users_queues() -> None:
     broker.subscribe("ch", "b", "bob", None, 0.0)
     assert broker.delete_queues_of("alice") == 1
     assert list(broker.channel("ch").queues) == ["b"]
+
+
+def test_a_shorter_ack_timeout_expires_new_deliveries_first() -> None:
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", 60.0, 0.0)
+    publish(broker, "early", "late", "later")
+    broker.pull(queue, 1, now=0.0)
+    broker.subscribe("ch", "q", "alice", 0.5, 0.0)
+    broker.pull(queue, 1, now=1.0)
+    assert broker.next_deadline() == 1.5
+    assert broker.expire(1.5) == 1
+    assert ids_of(broker.pull(queue, 5, now=2.0)) == [2, 3]
+    assert broker.ack(queue, [3], now=2.1) == (1, [])
+    # Id 2 expires again at 2.5; id 1 keeps its 60 s deadline.
+    assert broker.expire(59.0) == 1
+    assert ids_of(broker.pull(queue, 5, now=59.0)) == [2]
+    # Acks find deliveries in every lane.
+    assert broker.ack(queue, [1, 2], now=59.0) == (2, [])
+    assert broker.expire(1e9) == 0 and queue.inflight_count == 0

@@ -9,17 +9,20 @@ A channel holds one `Queue` per subscription. `publish` encodes each message
 once into a `Message` whose `head` is the delivery's JSON up to its attempt
 number, and appends the same object to every queue. Within a queue a message
 is *ready* (in `fresh`, or in `retry` after a nack or ack timeout) or *in
-flight* (in `inflight`, keyed by id, until acked or its deadline passes).
+flight* (in one of the `lanes`, keyed by id, until acked or its deadline passes).
 
 Ordering: a pull takes the lowest ready ids. Every id in `retry` is lower than
 every id in `fresh` (a message reaches `retry` only after leaving the front of
 the ready set, and later publishes get higher ids), so taking from the `retry`
 heap first and then from the front of `fresh` delivers in publish order.
 
-Deadlines: all deliveries of a queue get the same `ack_timeout`, so
-`inflight`, a dict kept in insertion order, is also in deadline order, and
-expiring is a scan from its front. One heap holds at most one entry per queue
-with messages in flight, for the whole broker: no timer per message.
+Deadlines: a lane is a dict of deliveries kept in insertion order. Deliveries
+made with the same or a longer `ack_timeout` than the lane's are appended to it
+and so come in deadline order, and expiring is a scan from its front. Only
+when a queue's `ack_timeout` shrinks does a new lane begin (its deadlines may
+precede the older lane's); a queue has one lane unless its timeout was
+lowered while messages were in flight. One heap holds at most one entry per
+queue with messages in flight, for the whole broker: no timer per message.
 
 Waiting pulls register a `Waiter` on a queue. A waiter exists only while its
 queue has nothing ready; whatever makes messages ready (publish, nack, expiry)
@@ -80,12 +83,14 @@ class Queue:
         "created_at",
         "deleted",
         "fresh",
-        "inflight",
+        "inflight_count",
+        "lane_timeout",
+        "lanes",
         "name",
         "owner",
         "ready_bytes",
         "retry",
-        "scheduled",
+        "scheduled_at",
         "waiters",
     )
 
@@ -101,9 +106,13 @@ class Queue:
         self.ready_bytes = 0  # encoded size of fresh and retry messages
         # (id, attempts so far, message): a heap, lowest id first.
         self.retry: list[tuple[int, int, Message]] = []
-        self.inflight: dict[int, Delivery] = {}
+        # In-flight deliveries by id; each lane is in deadline order (see above).
+        self.lanes: list[dict[int, Delivery]] = []
+        self.lane_timeout = ack_timeout
+        self.inflight_count = 0
         self.waiters: deque[Waiter] = deque()
-        self.scheduled = False  # has an entry in the broker's deadline heap
+        # When the broker's deadline heap will next look at this queue.
+        self.scheduled_at: float | None = None
         self.deleted = False
 
     @property
@@ -119,8 +128,35 @@ class Queue:
             "created_at": self.created_at,
             "ack_timeout": self.ack_timeout,
             "depth": self.depth,
-            "inflight": len(self.inflight),
+            "inflight": self.inflight_count,
         }
+
+    def settle(self, message_id: int) -> Delivery | None:
+        """Take a delivery out of flight (acked or nacked); None if not in flight."""
+        lanes = self.lanes
+        for index, lane in enumerate(lanes):
+            delivery = lane.pop(message_id, None)
+            if delivery is not None:
+                self.inflight_count -= 1
+                if not lane and index < len(lanes) - 1:
+                    del lanes[index]
+                return delivery
+        return None
+
+    def admit(self, delivery: Delivery) -> None:
+        """Put a delivery in flight, starting a new lane if the timeout was lowered."""
+        lanes = self.lanes
+        if not lanes or self.ack_timeout < self.lane_timeout:
+            if not lanes or lanes[-1]:
+                lanes.append({})
+            self.lane_timeout = self.ack_timeout
+        lanes[-1][delivery.message.id] = delivery
+        self.inflight_count += 1
+
+    def first_deadline(self) -> float | None:
+        """The earliest ack deadline of the queue's in-flight deliveries."""
+        firsts = [next(iter(lane.values())).deadline for lane in self.lanes if lane]
+        return min(firsts) if firsts else None
 
 
 class Channel:
@@ -241,7 +277,8 @@ class Broker:
         queue.waiters.clear()
         queue.fresh.clear()
         queue.retry.clear()
-        queue.inflight.clear()
+        queue.lanes.clear()
+        queue.inflight_count = 0
         gone = NotFound(f"queue {queue.name!r} of channel {channel.name!r} was deleted")
         for waiter in waiters:
             waiter.fail(gone)
@@ -298,7 +335,7 @@ class Broker:
 
     def pull(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
         """Put up to `max_messages` ready messages in flight and return them."""
-        if queue.inflight and len(queue.inflight) >= self.limits.max_inflight:
+        if queue.inflight_count >= self.limits.max_inflight:
             return []
         return self._take(queue, max_messages, now)
 
@@ -313,11 +350,10 @@ class Broker:
 
     def ack(self, queue: Queue, ids: Iterable[int], now: float) -> tuple[int, list[int]]:
         """Remove in-flight messages for good; returns (acked, ids not in flight)."""
-        inflight = queue.inflight
         acked = 0
         unknown: list[int] = []
         for message_id in ids:
-            if inflight.pop(message_id, None) is None:
+            if queue.settle(message_id) is None:
                 unknown.append(message_id)
             else:
                 acked += 1
@@ -328,11 +364,10 @@ class Broker:
 
     def nack(self, queue: Queue, ids: Iterable[int], now: float) -> tuple[int, list[int]]:
         """Return in-flight messages to ready at once; returns (requeued, unknown ids)."""
-        inflight = queue.inflight
         returned: list[Delivery] = []
         unknown: list[int] = []
         for message_id in ids:
-            delivery = inflight.pop(message_id, None)
+            delivery = queue.settle(message_id)
             if delivery is None:
                 unknown.append(message_id)
             else:
@@ -352,33 +387,37 @@ class Broker:
         heap = self._deadlines
         expired = 0
         while heap and heap[0][0] <= now:
-            _, _, queue = heapq.heappop(heap)
-            queue.scheduled = False
-            if queue.deleted:
-                continue
-            inflight = queue.inflight
+            at, _, queue = heapq.heappop(heap)
+            if queue.deleted or at != queue.scheduled_at:
+                continue  # superseded by an earlier entry for the same queue
+            queue.scheduled_at = None
             due: list[Delivery] = []
-            for delivery in inflight.values():
-                if delivery.deadline > now:
-                    break
-                due.append(delivery)
+            for lane in queue.lanes:
+                for delivery in lane.values():
+                    if delivery.deadline > now:
+                        break
+                    due.append(delivery)
             for delivery in due:
-                del inflight[delivery.message.id]
+                queue.settle(delivery.message.id)
             expired += len(due)
             if due:
+                # Lanes may interleave ids; the retry heap puts them back in order.
                 self._requeue(queue, due, now)
-            if inflight and not queue.scheduled:
-                self._schedule(queue, next(iter(inflight.values())).deadline)
+            first = queue.first_deadline()
+            if first is not None:
+                self._schedule(queue, first)
         return expired
 
     def _schedule(self, queue: Queue, deadline: float) -> None:
-        queue.scheduled = True
-        heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), queue))
+        """Make sure the heap looks at `queue` no later than `deadline`."""
+        if queue.scheduled_at is None or deadline < queue.scheduled_at:
+            queue.scheduled_at = deadline
+            heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), queue))
 
     # -- internals --------------------------------------------------------
 
     def _take(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
-        room = self.limits.max_inflight - len(queue.inflight)
+        room = self.limits.max_inflight - queue.inflight_count
         count = min(max_messages, room)
         if count <= 0:
             return []
@@ -386,7 +425,6 @@ class Broker:
         # A reply carries at least one message, then stops before exceeding a frame.
         # 256 bytes leave room for the reply's own fields around the messages.
         budget = self.limits.max_frame_bytes - 256
-        inflight = queue.inflight
         retry = queue.retry
         fresh = queue.fresh
         taken: list[Delivery] = []
@@ -410,10 +448,10 @@ class Broker:
             else:
                 break
             budget -= cost
-            inflight[message.id] = delivery
+            queue.admit(delivery)
             taken.append(delivery)
-        if taken and not queue.scheduled:
-            self._schedule(queue, next(iter(inflight.values())).deadline)
+        if taken:
+            self._schedule(queue, deadline)
         return taken
 
     def _requeue(self, queue: Queue, deliveries: list[Delivery], now: float) -> None:

@@ -54,7 +54,7 @@ class NoFields(Request):
 
 
 class AuthRequest(Request):
-    token: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TOKEN_CHARS)]
+    token: Annotated[str, StringConstraints(max_length=MAX_TOKEN_CHARS)]
 
 
 class LoginRequest(Request):
