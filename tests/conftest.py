@@ -26,6 +26,20 @@ USER_PASSWORD = "user-test-password"
 # Generous: replies normally arrive in microseconds; this only stops a broken test hanging.
 REPLY_TIMEOUT = 10.0
 
+# Every op protocol.md documents, written out here so the tests do not take
+# the list from the code under test.
+PROTOCOL_OPS = frozenset(
+    {
+        *("ping", "login", "auth", "whoami", "help"),
+        *("user.create", "user.list", "user.get", "user.delete"),
+        *("channel.create", "channel.list", "channel.get", "channel.delete"),
+        *("subscribe", "queue.list", "queue.delete"),
+        *("publish", "pull", "ack", "nack"),
+    }
+)
+# The ops accepted before a connection has authenticated.
+PRE_AUTH_OPS = frozenset({"ping", "login", "auth"})
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

@@ -15,6 +15,8 @@ import orjson
 import pytest
 
 from conftest import (
+    PRE_AUTH_OPS,
+    PROTOCOL_OPS,
     REPLY_TIMEOUT,
     Wire,
     expect_error,
@@ -25,25 +27,7 @@ from conftest import (
 from tcpmq.server import Server
 
 # The ops of protocol.md that need an authenticated connection.
-AUTHENTICATED_OPS = [
-    "whoami",
-    "help",
-    "user.create",
-    "user.list",
-    "user.get",
-    "user.delete",
-    "channel.create",
-    "channel.list",
-    "channel.get",
-    "channel.delete",
-    "subscribe",
-    "queue.list",
-    "queue.delete",
-    "publish",
-    "pull",
-    "ack",
-    "nack",
-]
+AUTHENTICATED_OPS = sorted(PROTOCOL_OPS - PRE_AUTH_OPS)
 
 SMALL_FRAME = 1024
 
