@@ -499,7 +499,7 @@ async def test_frame_too_large_from_the_server(tmp_path: Path) -> None:
     ):
         await client.channel_create("big")
         # Switch off the client's own check to see what the server does.
-        client._max_frame_bytes = None
+        client._link.connection.max_frame_bytes = None
         too_big, behind = await asyncio.gather(
             client.publish("big", "x" * 5000), client.ping(), return_exceptions=True
         )

@@ -1,0 +1,482 @@
+"""The typed client: one method per op, returning the models of `tcpmq.models`.
+
+Every method builds its request, takes the link's open connection (waiting
+while it reconnects, within the call's deadline) and pipelines the request
+on it. The deadline is set when the method is called: `timeout` seconds,
+plus `wait` for a pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from ..models import (
+    AckResult,
+    ChannelInfo,
+    Identity,
+    LoginResult,
+    Message,
+    NackResult,
+    OpHelp,
+    PublishResult,
+    QueueInfo,
+    Role,
+    SubscribeResult,
+    UserInfo,
+)
+from .connection import Connection, parse, parse_list
+from .consume import Consumer
+from .errors import ConnectionClosed
+from .reconnect import Credentials, Link
+from .url import Address
+
+
+class Client:
+    """A client of a tcpmq server: one connection at a time, pipelined.
+
+    Make one with `connect()`. All methods may be called concurrently from
+    many tasks; their requests are pipelined on the one connection. With
+    `connect(..., reconnect=True)` a lost connection is replaced (see
+    `tcpmq.client.reconnect`); otherwise the client ends with it.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        address: Address,
+        server_info: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        connection = Connection(
+            reader, writer, address=address, server_info=server_info, timeout=timeout
+        )
+        self._setup(connection)
+
+    @classmethod
+    def _over(cls, connection: Connection) -> Client:
+        """A client whose first connection is already open."""
+        client = cls.__new__(cls)
+        client._setup(connection)
+        return client
+
+    def _setup(self, connection: Connection) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._link = Link(connection, connection.timeout)
+        # Consumers settle what they hold before close() ends the connection.
+        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        return self._link.address
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """The `hello` greeting of the current connection (`server`, `version`, ...)."""
+        return self._link.connection.server_info
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take (a pull: plus its `wait`)."""
+        return self._link.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError("timeout must be positive")
+        self._link.timeout = value
+
+    @property
+    def closed(self) -> bool:
+        """True once the client has ended for good (not while it reconnects)."""
+        return self._link.closed
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open (False while reconnecting, or once closed)."""
+        return not self._link.connection.closed
+
+    @property
+    def close_reason(self) -> ConnectionClosed | None:
+        """Why the client ended (see `ConnectionClosed`), or None while it has not."""
+        return self._link.close_reason
+
+    async def wait_closed(self) -> None:
+        """Return once the client has ended: `bye`, EOF, `close()`, or reconnecting gave up."""
+        await self._link.wait_closed()
+
+    async def close(self) -> None:
+        """Settle the consumers' messages, then close. Pending calls raise `ConnectionLost`.
+
+        Idempotent.
+        """
+        for consumer in list(self._consumers) if not self.closed else ():
+            sent = consumer._settle_now()
+            if sent is not None:
+                connection, calls = sent
+                for call in calls:
+                    connection.forget(call)
+        await self._link.close()
+
+    # -- the request path ---------------------------------------------------
+
+    async def request(self, op: str, /, **fields: Any) -> dict[str, Any]:
+        """Send any request and return its result fields (the reply without `ok`).
+
+        Fields are sent exactly as given (None becomes JSON null). The client
+        sets `id` itself.
+
+        Raises:
+            TcpmqError: the matching subclass for an `ok: false` reply.
+            ConnectionLost: the connection ended before the reply came.
+            ConnectionClosed: the client has ended; nothing was sent.
+            TimeoutError: no reply within the client's timeout.
+            ValueError: `fields` contains `id`.
+        """
+        if "id" in fields:
+            raise ValueError("the client sets the request id itself")
+        reply = await self._call(op, fields)
+        del reply["ok"]
+        reply.pop("id", None)
+        return reply
+
+    async def _call(
+        self, op: str, fields: dict[str, Any], extra_time: float = 0.0
+    ) -> dict[str, Any]:
+        """Pipeline one request and return its `ok: true` reply.
+
+        `extra_time` lengthens the deadline beyond `timeout` (a pull's wait).
+        """
+        link = self._link
+        deadline = self._loop.time() + link.timeout + extra_time
+        while True:
+            connection = link.connection
+            if connection.closed:
+                connection = await link.ready(deadline)
+            try:
+                call = connection.send(op, fields, deadline)
+            except ConnectionClosed:
+                continue  # not sent; ready() waits for the next connection or raises
+            return await connection.wait(call)
+
+    # -- ops ----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the server answers; allowed before authentication."""
+        await self._call("ping", {})
+
+    async def login(self, user: str, password: str, ttl: int | None = None) -> LoginResult:
+        """Authenticate with a password; the result carries a token for `auth`.
+
+        A reconnecting client authenticates its next connections the same way
+        (with the returned token while it is valid).
+
+        Raises:
+            AuthFailed: unknown user or wrong password.
+            LimitExceeded: too many connections of this user.
+        """
+        fields: dict[str, Any] = {"user": user, "password": password}
+        if ttl is not None:
+            fields["ttl"] = ttl
+        result = parse(LoginResult, await self._call("login", fields), "login")
+        credentials = Credentials(user=user, password=password, ttl=ttl)
+        credentials.remember_login(result)
+        self._link.credentials = credentials
+        return result
+
+    async def auth(self, token: str) -> Identity:
+        """Authenticate with a token from `login` or `tcpmq token USER`.
+
+        A reconnecting client authenticates its next connections with it too.
+
+        Raises:
+            AuthFailed: malformed, forged or expired token, or its user is gone.
+            LimitExceeded: too many connections of this user.
+        """
+        result = parse(Identity, await self._call("auth", {"token": token}), "auth")
+        self._link.credentials = Credentials(token=token)
+        return result
+
+    async def whoami(self) -> Identity:
+        """The user and role of this connection."""
+        return parse(Identity, await self._call("whoami", {}), "whoami")
+
+    async def help(self) -> list[OpHelp]:
+        """The ops the server knows, with their field signatures."""
+        reply = await self._call("help", {})
+        return parse_list(OpHelp, reply.get("ops"), "help")
+
+    async def user_create(self, name: str, password: str, role: Role = "user") -> UserInfo:
+        """Create a user (admins only).
+
+        Raises:
+            Forbidden: not an admin.
+            AlreadyExists: the name is taken.
+            LimitExceeded: `max_users` reached.
+        """
+        fields = {"name": name, "password": password, "role": role}
+        reply = await self._call("user.create", fields)
+        return parse(UserInfo, reply.get("user"), "user.create")
+
+    async def user_list(self) -> list[UserInfo]:
+        """All users sorted by name (admins only)."""
+        reply = await self._call("user.list", {})
+        return parse_list(UserInfo, reply.get("users"), "user.list")
+
+    async def user_get(self, name: str) -> UserInfo:
+        """One user; admins may get anyone, users themselves.
+
+        Raises:
+            Forbidden: neither admin nor that user.
+            NotFound: no such user.
+        """
+        reply = await self._call("user.get", {"name": name})
+        return parse(UserInfo, reply.get("user"), "user.get")
+
+    async def user_delete(self, name: str) -> None:
+        """Delete a user, its queues, and its live connections (admins only).
+
+        Raises:
+            Forbidden: not an admin, or the last admin.
+            NotFound: no such user.
+        """
+        await self._call("user.delete", {"name": name})
+
+    async def channel_create(self, name: str) -> ChannelInfo:
+        """Create a channel owned by this connection's user.
+
+        Raises:
+            AlreadyExists: the name is taken.
+            LimitExceeded: `max_channels` reached.
+        """
+        reply = await self._call("channel.create", {"name": name})
+        return parse(ChannelInfo, reply.get("channel"), "channel.create")
+
+    async def channel_list(self) -> list[ChannelInfo]:
+        """All channels sorted by name (without their queues)."""
+        reply = await self._call("channel.list", {})
+        return parse_list(ChannelInfo, reply.get("channels"), "channel.list")
+
+    async def channel_get(self, name: str) -> ChannelInfo:
+        """One channel, with `queues` filled in.
+
+        Raises:
+            NotFound: no such channel.
+        """
+        reply = await self._call("channel.get", {"name": name})
+        return parse(ChannelInfo, reply.get("channel"), "channel.get")
+
+    async def channel_delete(self, name: str) -> None:
+        """Delete a channel with its queues and messages.
+
+        Raises:
+            Forbidden: neither the channel's owner nor an admin.
+            NotFound: no such channel.
+        """
+        await self._call("channel.delete", {"name": name})
+
+    async def subscribe(
+        self, channel: str, queue: str | None = None, ack_timeout: float | None = None
+    ) -> SubscribeResult:
+        """Add a queue to a channel (default name: the user's), or get the one you own.
+
+        A given `ack_timeout` replaces the queue's previous one.
+
+        Raises:
+            NotFound: no such channel.
+            Forbidden: the queue exists and belongs to another user.
+            LimitExceeded: `max_queues_per_channel` reached.
+        """
+        fields: dict[str, Any] = {"channel": channel}
+        if queue is not None:
+            fields["queue"] = queue
+        if ack_timeout is not None:
+            fields["ack_timeout"] = ack_timeout
+        return parse(SubscribeResult, await self._call("subscribe", fields), "subscribe")
+
+    async def queue_list(self, channel: str) -> list[QueueInfo]:
+        """The queues of a channel sorted by name.
+
+        Raises:
+            NotFound: no such channel.
+        """
+        reply = await self._call("queue.list", {"channel": channel})
+        return parse_list(QueueInfo, reply.get("queues"), "queue.list")
+
+    async def queue_delete(self, channel: str, queue: str) -> None:
+        """Remove a queue and its messages (unsubscribe).
+
+        Raises:
+            NotFound: no such channel or queue.
+            Forbidden: not the queue's or channel's owner, nor an admin.
+        """
+        await self._call("queue.delete", {"channel": channel, "queue": queue})
+
+    async def publish(self, channel: str, data: Any) -> PublishResult:
+        """Put one message (any JSON value, None included) into every queue of a channel.
+
+        Raises:
+            NotFound: no such channel.
+            LimitExceeded: a queue of the channel is full; nothing was enqueued.
+            FrameTooLarge: the request exceeds the server's `max_frame_bytes`
+                (raised locally; nothing was sent).
+            ConnectionLost: the connection ended before the reply: the message
+                may or may not have been enqueued. It is never resent.
+        """
+        reply = await self._call("publish", {"channel": channel, "data": data})
+        return parse(PublishResult, reply, "publish")
+
+    async def publish_batch(self, channel: str, messages: Sequence[Any]) -> PublishResult:
+        """Publish 1 to `max_batch` messages at once, all or nothing; ids are consecutive.
+
+        Raises:
+            NotFound: no such channel.
+            BadRequest: `messages` is empty or longer than `max_batch`.
+            LimitExceeded: a queue of the channel would overflow; nothing was enqueued.
+            FrameTooLarge: the request exceeds `max_frame_bytes` (raised locally).
+            ConnectionLost: the connection ended before the reply: the batch
+                may or may not have been enqueued (whole). It is never resent.
+        """
+        reply = await self._call("publish", {"channel": channel, "messages": list(messages)})
+        return parse(PublishResult, reply, "publish")
+
+    async def pull(
+        self, channel: str, queue: str | None = None, max: int = 1, wait: float = 0.0
+    ) -> list[Message]:
+        """Take up to `max` ready messages; with `wait` > 0, long-poll for the first.
+
+        The reply's deadline is `timeout + wait`. While it waits, replies to
+        later calls on this connection are held back by the server: long-poll
+        on a connection of its own if the program must not stall. For a loop
+        that pulls, acks and survives reconnects, see `consume()`.
+
+        Raises:
+            NotFound: no such channel or queue (also when deleted while waiting).
+            Forbidden: neither the queue's owner nor an admin.
+        """
+        fields: dict[str, Any] = {"channel": channel}
+        if queue is not None:
+            fields["queue"] = queue
+        fields["max"] = max
+        fields["wait"] = wait
+        reply = await self._call("pull", fields, extra_time=wait)
+        return parse_list(Message, reply.get("messages"), "pull")
+
+    async def ack(self, channel: str, ids: Iterable[int], queue: str | None = None) -> AckResult:
+        """Acknowledge in-flight messages; ids not in flight come back in `unknown`.
+
+        In-flight messages belong to the queue, not to a connection: ids
+        pulled on a connection that was lost since can be acked on the next.
+
+        Raises:
+            NotFound: no such channel or queue.
+            Forbidden: neither the queue's owner nor an admin.
+        """
+        reply = await self._call("ack", ack_fields(channel, ids, queue))
+        return parse(AckResult, reply, "ack")
+
+    async def nack(self, channel: str, ids: Iterable[int], queue: str | None = None) -> NackResult:
+        """Return in-flight messages to the queue at once (next `attempt` is one higher).
+
+        Raises:
+            NotFound: no such channel or queue.
+            Forbidden: neither the queue's owner nor an admin.
+        """
+        reply = await self._call("nack", ack_fields(channel, ids, queue))
+        return parse(NackResult, reply, "nack")
+
+    def consume(
+        self,
+        channel: str,
+        queue: str | None = None,
+        *,
+        batch: int = 10,
+        wait: float = 30.0,
+        auto_ack: bool = True,
+        stop_when_empty: bool = False,
+    ) -> Consumer:
+        """Iterate over a queue's messages: `async for msg in client.consume("orders"):`.
+
+        Pulls up to `batch` messages at a time, long-polling up to `wait`
+        seconds for the first, and yields them one by one as `Delivery`
+        objects (`msg.data`, `msg.id`, `msg.attempt`, ...).
+
+        With `auto_ack` (the default) a message is acked once the loop body
+        has finished with it, i.e. when the loop asks for the next one; the
+        acks of a batch go out together with the next pull, in one round
+        trip. A message whose body raises is nacked (delivered again at
+        once, `attempt` one higher) and the exception propagates. Python
+        does not tell a bare `async for` whether it was left by `break` or
+        by an exception, so the message it was on is nacked either way;
+        `async with client.consume(...) as messages: async for msg in
+        messages:` knows the difference and acks it after a `break`. So does
+        `await msg.ack()` before the `break`.
+
+        With `auto_ack=False` nothing is acked for you: call `await msg.ack()`
+        or `await msg.nack()` (also later, from another task; an ack made
+        while the loop long-polls on this client waits for that pull).
+
+        Either way, messages pulled but not yet yielded when the loop ends
+        (`break`, an exception, cancellation, `aclose()`, or `close()` on
+        the client) are nacked at once rather than left to their ack
+        timeout. The loop ends quietly when the client is closed; with
+        `stop_when_empty`, also at the first pull that finds the queue empty
+        after waiting `wait` seconds.
+
+        With `reconnect`, the loop outlives lost connections: it pulls again
+        on the next one, and acks still pending go out there (in-flight
+        messages belong to the queue, not to the connection). Messages pulled
+        on a lost connection but never received come back after the queue's
+        `ack_timeout`.
+
+        The long-poll holds back the replies of other calls on this client
+        (the server answers in order): give a consumer a client of its own if
+        the program must not stall. Keep `batch` times the time a message
+        takes well under the queue's `ack_timeout`, or messages done early in
+        a batch are delivered again before their ack goes out.
+
+        Raises (from the loop):
+            NotFound: no such channel or queue.
+            Forbidden: neither the queue's owner nor an admin.
+            ConnectionClosed: the client ended (`ConnectionLost` without
+                `reconnect`), other than by `close()`.
+            ValueError: `batch` below 1, `wait` negative, or zero without
+                `stop_when_empty` (raised here, at once).
+        """
+        consumer = Consumer(
+            self,
+            channel,
+            queue,
+            batch=batch,
+            wait=wait,
+            auto_ack=auto_ack,
+            stop_when_empty=stop_when_empty,
+        )
+        self._consumers.add(consumer)
+        return consumer
+
+
+def ack_fields(channel: str, ids: Iterable[int], queue: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"channel": channel}
+    if queue is not None:
+        fields["queue"] = queue
+    fields["ids"] = list(ids)
+    return fields

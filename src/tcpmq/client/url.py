@@ -1,0 +1,44 @@
+"""Server addresses: `tcpmq://host[:port]` URLs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from ..config import DEFAULT_PORT
+
+DEFAULT_URL = f"tcpmq://127.0.0.1:{DEFAULT_PORT}"
+
+
+class Address(NamedTuple):
+    host: str
+    port: int
+
+
+def parse_url(url: str) -> Address:
+    """Split `tcpmq://host[:port]` into host and port (default 7878).
+
+    IPv6 literals go in brackets: `tcpmq://[::1]:7878`. A trailing `/` is
+    allowed; a path, query, fragment or user info is not.
+
+    Raises:
+        ValueError: the URL is not of that form or the port is out of range.
+    """
+    parts = urlsplit(url)  # raises ValueError on an unclosed IPv6 bracket
+    if parts.scheme != "tcpmq":
+        raise ValueError(f"not a tcpmq:// URL: {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"a tcpmq URL has no path, query or fragment: {url!r}")
+    if "@" in parts.netloc:
+        # Credentials belong in connect()'s arguments, not in a URL that gets
+        # logged; nor in this message, hence no URL in it.
+        raise ValueError("a tcpmq URL carries no user info; pass user and password to connect()")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    port = parts.port  # raises ValueError when not a number in 0..65535
+    if port is None:
+        port = DEFAULT_PORT
+    elif port == 0:
+        raise ValueError(f"port 0 in {url!r}")
+    return Address(host, port)
