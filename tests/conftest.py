@@ -18,7 +18,7 @@ import orjson
 import pytest
 import uvloop
 
-from tcpmq.config import Limits, ServerConfig
+from tcpmq.config import Limits, ServerConfig, StorageConfig
 from tcpmq.server import Server
 
 ADMIN_PASSWORD = "admin-test-password"
@@ -48,13 +48,23 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": uvloop.new_event_loop}
 
 
-def make_config(data_dir: Path, **limits: Any) -> ServerConfig:
-    return ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir, limits=Limits(**limits))
+def make_config(
+    data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
+) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        limits=Limits(**limits),
+        storage=StorageConfig(**(storage or {})),
+    )
 
 
 @asynccontextmanager
-async def running_server(data_dir: Path, **limits: Any) -> AsyncIterator[Server]:
-    server = Server(make_config(data_dir, **limits), admin_password=ADMIN_PASSWORD)
+async def running_server(
+    data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
+) -> AsyncIterator[Server]:
+    server = Server(make_config(data_dir, storage, **limits), admin_password=ADMIN_PASSWORD)
     await server.start()
     try:
         yield server

@@ -1458,7 +1458,7 @@ async def test_shutdown_says_bye(tmp_path: Path) -> None:
         writer.close()
 
 
-async def test_users_survive_a_restart(tmp_path: Path) -> None:
+async def test_users_and_channels_survive_a_restart(tmp_path: Path) -> None:
     async with running_server(tmp_path / "data") as srv, open_user_wire(srv, "admin") as wire:
         await create_user(wire, "alice")
         await wire.ok("channel.create", name="c")
@@ -1466,5 +1466,4 @@ async def test_users_survive_a_restart(tmp_path: Path) -> None:
     async with running_server(tmp_path / "data") as srv, open_wire(srv) as wire:
         assert (await wire.ok("auth", token=token))["user"] == "alice"
         await wire.ok("login", user="alice", password=USER_PASSWORD)
-        # Channels live in memory only.
-        await wire.error("channel.get", "not_found", name="c")
+        assert (await wire.ok("channel.get", name="c"))["channel"]["owner"] == "admin"

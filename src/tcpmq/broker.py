@@ -27,6 +27,13 @@ queue with messages in flight, for the whole broker: no timer per message.
 Waiting pulls register a `Waiter` on a queue. A waiter exists only while its
 queue has nothing ready; whatever makes messages ready (publish, nack, expiry)
 hands them to the waiters in the order they started waiting.
+
+Persistence: every change that must survive a restart (channels and queues
+created, changed or dropped, messages published, messages acked) is reported
+to a `Journal`, in the order it happens. Deliveries, nacks and expiries are
+not: after a restart every unacked message is simply ready again. Channels
+and queues carry a `uid` that is never reused, so the journal can tell a
+re-created channel from the one that was deleted.
 """
 
 from __future__ import annotations
@@ -64,6 +71,39 @@ class Delivery:
         self.deadline = deadline
 
 
+class Journal(Protocol):
+    """Where the broker reports the changes that must survive a restart."""
+
+    def channel_created(self, channel: Channel) -> None: ...
+    def channel_dropped(self, channel: Channel) -> None: ...
+    def queue_saved(self, queue: Queue) -> None: ...
+    def queue_dropped(self, queue: Queue) -> None: ...
+    def published(self, channel: Channel, messages: list[Message]) -> None: ...
+    def acked(self, queue: Queue, ids: list[int]) -> None: ...
+
+
+class MemoryJournal:
+    """Keeps nothing: the broker's state lives only in memory."""
+
+    def channel_created(self, channel: Channel) -> None:
+        pass
+
+    def channel_dropped(self, channel: Channel) -> None:
+        pass
+
+    def queue_saved(self, queue: Queue) -> None:
+        pass
+
+    def queue_dropped(self, queue: Queue) -> None:
+        pass
+
+    def published(self, channel: Channel, messages: list[Message]) -> None:
+        pass
+
+    def acked(self, queue: Queue, ids: list[int]) -> None:
+        pass
+
+
 class Waiter(Protocol):
     """A pull waiting for messages (implemented by the session layer)."""
 
@@ -80,6 +120,7 @@ class Queue:
     __slots__ = (
         "ack_timeout",
         "channel",
+        "channel_uid",
         "created_at",
         "deleted",
         "fresh",
@@ -91,12 +132,22 @@ class Queue:
         "ready_bytes",
         "retry",
         "scheduled_at",
+        "uid",
         "waiters",
     )
 
     def __init__(
-        self, channel: str, name: str, owner: str, ack_timeout: float, created_at: float
+        self,
+        channel: str,
+        name: str,
+        owner: str,
+        ack_timeout: float,
+        created_at: float,
+        uid: int = 0,
+        channel_uid: int = 0,
     ) -> None:
+        self.uid = uid
+        self.channel_uid = channel_uid
         self.channel = channel
         self.name = name
         self.owner = owner
@@ -153,16 +204,41 @@ class Queue:
         lanes[-1][delivery.message.id] = delivery
         self.inflight_count += 1
 
+    def record(self) -> dict[str, object]:
+        """What the journal keeps of the queue (see storage)."""
+        return {
+            "uid": self.uid,
+            "channel": self.channel_uid,
+            "name": self.name,
+            "owner": self.owner,
+            "ack_timeout": self.ack_timeout,
+            "created_at": self.created_at,
+        }
+
+    def held(self) -> list[Message]:
+        """Every message the queue holds, ready or in flight, in id order."""
+        held = list(self.fresh)
+        if self.retry or self.inflight_count:
+            held.extend(entry[2] for entry in self.retry)
+            held.extend(d.message for lane in self.lanes for d in lane.values())
+            held.sort(key=_message_id)
+        return held
+
     def first_deadline(self) -> float | None:
         """The earliest ack deadline of the queue's in-flight deliveries."""
         firsts = [next(iter(lane.values())).deadline for lane in self.lanes if lane]
         return min(firsts) if firsts else None
 
 
-class Channel:
-    __slots__ = ("created_at", "name", "next_id", "owner", "published", "queues")
+def _message_id(message: Message) -> int:
+    return message.id
 
-    def __init__(self, name: str, owner: str, created_at: float) -> None:
+
+class Channel:
+    __slots__ = ("created_at", "name", "next_id", "owner", "published", "queues", "uid")
+
+    def __init__(self, name: str, owner: str, created_at: float, uid: int = 0) -> None:
+        self.uid = uid
         self.name = name
         self.owner = owner
         self.created_at = created_at
@@ -179,11 +255,25 @@ class Channel:
             "queue_count": len(self.queues),
         }
 
+    def record(self) -> dict[str, object]:
+        """What the journal keeps of the channel (see storage)."""
+        return {
+            "uid": self.uid,
+            "name": self.name,
+            "owner": self.owner,
+            "created_at": self.created_at,
+            "next_id": self.next_id,
+            "published": self.published,
+        }
+
 
 class Broker:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, journal: Journal | None = None) -> None:
         self.limits = limits
+        self.journal: Journal = journal or MemoryJournal()
         self.channels: dict[str, Channel] = {}
+        # Uids of channels and queues; never reused (storage relies on it).
+        self.next_uid = 1
         # (deadline, tiebreak, queue): when to look at a queue's in-flight table.
         self._deadlines: list[tuple[float, int, Queue]] = []
         self._tiebreak = itertools.count()
@@ -209,14 +299,21 @@ class Broker:
             raise LimitExceeded(
                 "too many channels", limit="max_channels", maximum=self.limits.max_channels
             )
-        channel = self.channels[name] = Channel(name, owner, created_at)
+        channel = self.channels[name] = Channel(name, owner, created_at, self._new_uid())
+        self.journal.channel_created(channel)
         return channel
 
     def delete_channel(self, name: str) -> None:
         channel = self.channel(name)
         del self.channels[name]
+        self.journal.channel_dropped(channel)
         for queue in list(channel.queues.values()):
             self._drop_queue(channel, queue)
+
+    def _new_uid(self) -> int:
+        uid = self.next_uid
+        self.next_uid += 1
+        return uid
 
     def subscribe(
         self,
@@ -240,8 +337,9 @@ class Broker:
                 raise Forbidden(
                     f"queue {queue_name!r} of channel {channel_name!r} belongs to another user"
                 )
-            if ack_timeout is not None:
+            if ack_timeout is not None and ack_timeout != queue.ack_timeout:
                 queue.ack_timeout = ack_timeout
+                self.journal.queue_saved(queue)
             return queue, False
         if len(channel.queues) >= self.limits.max_queues_per_channel:
             raise LimitExceeded(
@@ -250,12 +348,16 @@ class Broker:
                 maximum=self.limits.max_queues_per_channel,
             )
         timeout = self.limits.default_ack_timeout if ack_timeout is None else ack_timeout
-        queue = Queue(channel_name, queue_name, owner, timeout, created_at)
+        queue = Queue(
+            channel_name, queue_name, owner, timeout, created_at, self._new_uid(), channel.uid
+        )
         channel.queues[queue_name] = queue
+        self.journal.queue_saved(queue)
         return queue, True
 
     def delete_queue(self, channel_name: str, queue_name: str) -> None:
         queue = self.queue(channel_name, queue_name)
+        self.journal.queue_dropped(queue)
         self._drop_queue(self.channels[channel_name], queue)
 
     def delete_queues_of(self, owner: str) -> int:
@@ -267,6 +369,7 @@ class Broker:
             if queue.owner == owner
         ]
         for channel, queue in doomed:
+            self.journal.queue_dropped(queue)
             self._drop_queue(channel, queue)
         return len(doomed)
 
@@ -326,6 +429,7 @@ class Broker:
                 )
         channel.next_id = first + len(messages)
         channel.published += len(messages)
+        self.journal.published(channel, messages)
         for queue in queues:
             queue.fresh.extend(messages)
             queue.ready_bytes += size
@@ -350,17 +454,20 @@ class Broker:
 
     def ack(self, queue: Queue, ids: Iterable[int], now: float) -> tuple[int, list[int]]:
         """Remove in-flight messages for good; returns (acked, ids not in flight)."""
-        acked = 0
+        acked: list[int] = []
         unknown: list[int] = []
         for message_id in ids:
             if queue.settle(message_id) is None:
                 unknown.append(message_id)
             else:
-                acked += 1
-        if acked and queue.waiters:
+                acked.append(message_id)
+        if not acked:
+            return 0, unknown
+        self.journal.acked(queue, acked)
+        if queue.waiters:
             # Freed in-flight room may let waiters take messages held back by max_inflight.
             self._serve_waiters(queue, now)
-        return acked, unknown
+        return len(acked), unknown
 
     def nack(self, queue: Queue, ids: Iterable[int], now: float) -> tuple[int, list[int]]:
         """Return in-flight messages to ready at once; returns (requeued, unknown ids)."""

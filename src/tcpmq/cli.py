@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_PORT, Limits, ServerConfig, default_data_dir
+from .config import DEFAULT_PORT, Limits, ServerConfig, StorageConfig, default_data_dir
 from .errors import TcpmqError
 from .server import Server, open_data_dir
 
@@ -35,6 +35,38 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = StorageConfig()
+    group = parser.add_argument_group("storage (see README, Durability)")
+    group.add_argument(
+        "--fsync",
+        choices=["always", "interval", "never"],
+        default=defaults.fsync,
+        help="when writes reach the disk before their reply (default always)",
+    )
+    group.add_argument(
+        "--fsync-interval",
+        type=float,
+        default=defaults.fsync_interval,
+        metavar="SECONDS",
+        help=f"with --fsync interval (default {defaults.fsync_interval})",
+    )
+    group.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=defaults.segment_bytes,
+        metavar="N",
+        help=f"log segment size (default {defaults.segment_bytes})",
+    )
+    group.add_argument(
+        "--compact-min-bytes",
+        type=int,
+        default=defaults.compact_min_bytes,
+        metavar="N",
+        help=f"log size that may start a compaction (default {defaults.compact_min_bytes})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcpmq", description="tcpmq message broker")
     parser.add_argument("--version", action="version", version=f"tcpmq {__version__}")
@@ -55,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $TCPMQ_DATA_DIR, else ~/.local/share/tcpmq",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_storage_flags(serve)
     _add_limit_flags(serve)
 
     token = commands.add_parser(
@@ -77,6 +110,12 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         data_dir=args.data_dir or default_data_dir(),
         limits=limits,
+        storage=StorageConfig(
+            fsync=args.fsync,
+            fsync_interval=args.fsync_interval,
+            segment_bytes=args.segment_bytes,
+            compact_min_bytes=args.compact_min_bytes,
+        ),
     )
 
 

@@ -66,10 +66,34 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    # When a publish or ack reaches the disk before its reply: "always" (on
+    # disk first, one fsync shared by all concurrent writers), "interval"
+    # (fsync every fsync_interval seconds; replies do not wait) or "never"
+    # (the OS decides).
+    fsync: str = "always"
+    fsync_interval: float = 0.05
+    # Log segments are sealed at this size.
+    segment_bytes: int = 64 * 1024 * 1024
+    # Compaction starts once the log since the last snapshot is at least this
+    # large and at least as large as that snapshot.
+    compact_min_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.fsync not in ("always", "interval", "never"):
+            raise ValueError("fsync must be always, interval or never")
+        if self.fsync_interval <= 0:
+            raise ValueError("fsync_interval must be positive")
+        if self.segment_bytes < 4096 or self.compact_min_bytes < 4096:
+            raise ValueError("segment_bytes and compact_min_bytes must be at least 4096")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: Path = field(default_factory=default_data_dir)
     limits: Limits = field(default_factory=Limits)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     # Seconds a graceful shutdown waits for connections before closing them.
     shutdown_grace: float = 5.0

@@ -6,8 +6,12 @@ earliest ack deadline of the whole broker, re-armed only when an earlier one
 appears. Connections are `Session` objects; the server admits, counts and,
 on shutdown or user deletion, ends them.
 
-Shutdown order: stop accepting, send every connection a `bye`, give them
-`shutdown_grace` seconds to go, then abort what is left.
+The broker's state is journaled to the data dir's store (see storage/) and
+recovered from it on start.
+
+Shutdown order: stop accepting, send every connection a `bye`, write and
+sync the journal (which releases replies waiting for the disk), give the
+connections `shutdown_grace` seconds to go, then abort what is left.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from .auth import TokenSigner, hash_password, load_or_create_secret, verify_password
 from .broker import Broker
 from .config import ServerConfig
-from .errors import AuthFailed, LimitExceeded, ShuttingDown
+from .errors import AuthFailed, InternalError, LimitExceeded, ShuttingDown
 from .session import Session
+from .storage import DiskStore, open_store
 from .users import User, UserStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,10 @@ class Server:
         self.port = config.port
         self.signer: TokenSigner
         self.users: UserStore
+        self.store: DiskStore
+        #: Set when the store failed to write; the server stops.
+        self.failure: BaseException | None = None
+        self._stopping: asyncio.Event | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -81,6 +90,19 @@ class Server:
         self.signer, self.users = open_data_dir(self.config)
         if not self.users.exists:
             self._create_first_admin()
+        started = time.perf_counter()
+        self.store = open_store(
+            self.config.data_dir, self.broker, self.config.storage, self._storage_failed
+        )
+        recovered = self.store.recovered
+        log.info(
+            "store recovered: %d channels, %d queued messages in %.2f s (fsync=%s)",
+            len(self.broker.channels),
+            recovered.messages,
+            time.perf_counter() - started,
+            self.config.storage.fsync,
+        )
+        self._stopping = asyncio.Event()
         self._server = await self._loop.create_server(
             lambda: Session(self), self.config.host, self.config.port, backlog=1024
         )
@@ -113,6 +135,9 @@ class Server:
             self._server.close()
         for session in list(self.sessions):
             session.close(ShuttingDown("server is shutting down"))
+        if self._loop is not None and hasattr(self, "store"):
+            # Syncs the journal, which also sends replies still waiting for it.
+            await self.store.close()
         if self.sessions:
             self._all_closed = asyncio.Event()
             try:
@@ -131,14 +156,26 @@ class Server:
     async def serve_until_signalled(self) -> None:
         """Run until SIGTERM or SIGINT, then stop cleanly."""
         await self.start()
-        stop = asyncio.Event()
+        assert self._stopping is not None
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, stop.set)
+            self.loop.add_signal_handler(signum, self._stopping.set)
         try:
-            await stop.wait()
+            await self._stopping.wait()
         finally:
             log.info("stopping")
             await self.stop()
+        if self.failure is not None:
+            raise OSError(f"stopped because the store could not write: {self.failure}")
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        # Nothing more can be made durable: refuse everything and stop.
+        self.failure = exc
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.fail(InternalError("the broker's store failed; the server is stopping"))
+        if self._stopping is not None:
+            self._stopping.set()
 
     # -- connections ---------------------------------------------------------
 

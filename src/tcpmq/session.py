@@ -9,6 +9,13 @@ replies keep request order, and while the transport's write buffer is above
 `max_pipeline_bytes`, or writing is paused, reading pauses too: a client that
 floods requests or does not read its replies only slows itself.
 
+Durability: no reply leaves before the journal records written up to the
+moment it was made are durable (see storage/log.py). Replies that must wait
+are held in `_held` tagged with that log position and go out, in order, as
+the group commit reaches them; meanwhile the session keeps handling
+requests, so a pipelining client fills the next commit. With `fsync=never`
+or `interval` every position is durable at once and nothing is held.
+
 Lifecycle (the whole table; `_ALLOWED` says which ops each state admits):
 
     AWAITING_AUTH --auth/login ok--> READY --bye/close--> CLOSED
@@ -71,6 +78,14 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
+        # The journal position the replies in _out need on disk before they go.
+        self._out_lsn = 0
+        self._store = server.store
+        # Replies waiting for the disk: (journal position, lines), oldest first.
+        self._held: deque[tuple[int, list[bytes]]] = deque()
+        self._held_bytes = 0
+        self._awaiting_disk = False
+        self._close_when_sent = False
         # Frames read but not yet handled (a reply is pending, or the client is
         # not reading its replies); None marks where a frame was too large.
         self._backlog: deque[bytes | None] = deque()
@@ -204,6 +219,7 @@ class Session(asyncio.Protocol):
             self._out.append(wire.reply_error(self._pending_head, outcome))
         else:
             self._out.append(wire.reply_ok(self._pending_head, outcome))
+        self._out_lsn = self._store.appended
         # This may run inside another connection's publish: reply now, but
         # handle this connection's backlog on a fresh stack, never re-entering
         # the broker from within one of its own calls.
@@ -224,7 +240,7 @@ class Session(asyncio.Protocol):
         """Handle queued frames until one must wait: for a pending reply or a full write buffer."""
         backlog = self._backlog
         flush_at = self._limits.write_buffer_high
-        while backlog and self._pending is None and not self._writing_paused:
+        while backlog and self._pending is None and not self._must_wait_for_client():
             if self.state is State.CLOSED:
                 return
             frame = backlog.popleft()
@@ -235,19 +251,59 @@ class Session(asyncio.Protocol):
                 return
             self._backlog_bytes -= len(frame)
             self._handle(frame)
+            self._out_lsn = self._store.appended
             if self._out_bytes >= flush_at:
                 # Writing may pause us (pause_writing runs inside write), so a
                 # client that does not read cannot make us build replies forever.
                 self._flush()
 
+    def _must_wait_for_client(self) -> bool:
+        # Stop making replies while the client does not read them, or while
+        # too many wait for the disk (they are bounded like unsent bytes).
+        return self._writing_paused or self._held_bytes >= self._limits.write_buffer_high
+
     def _flush(self) -> None:
         out = self._out
-        if not out:
+        held = self._held
+        if out:
+            self._out = []
+            if not held and self._out_lsn <= self._store.durable:
+                self._out_bytes = 0
+                self._write(out)
+                return
+            held.append((self._out_lsn, out))
+            self._held_bytes += self._out_bytes
+            self._out_bytes = 0
+        if not held:
             return
-        self._out = []
-        self._out_bytes = 0
-        if self._transport is not None and self.state is not State.CLOSED:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        durable = self._store.durable
+        ready: list[bytes] = []
+        while held and held[0][0] <= durable:
+            lines = held.popleft()[1]
+            self._held_bytes -= sum(map(len, lines))
+            ready.extend(lines)
+        if ready:
+            self._write(ready)
+        if held and not self._awaiting_disk:
+            self._awaiting_disk = True
+            self._store.when_durable(self._disk_caught_up)
+
+    def _write(self, lines: list[bytes]) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(lines[0] if len(lines) == 1 else b"".join(lines))
+
+    def _disk_caught_up(self) -> None:
+        self._awaiting_disk = False
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._flush()
+        if self._held:
+            return
+        if self._close_when_sent:
+            self._transport.close()
+        elif self.state is not State.CLOSED:
+            self._resume()
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -255,7 +311,7 @@ class Session(asyncio.Protocol):
             return
         limits = self._limits
         should_pause = (
-            self._writing_paused
+            self._must_wait_for_client()
             or len(self._backlog) >= limits.max_pipeline
             or self._backlog_bytes >= limits.max_pipeline_bytes
         )
@@ -280,7 +336,27 @@ class Session(asyncio.Protocol):
             self._pending.cancel()
             self._pending = None
         self._backlog.clear()
-        self._transport.close()
+        if self._held:
+            # Replies still wait for the disk; close once they are sent.
+            self._close_when_sent = True
+        else:
+            self._transport.close()
+
+    def fail(self, reason: TcpmqError) -> None:
+        """End the connection at once with `reason`, dropping held replies.
+
+        Used when the store cannot write: replies waiting for the disk will
+        never be true, so they must not be sent.
+        """
+        self._held.clear()
+        self._out = [wire.bye(reason)]
+        self._out_lsn = 0
+        self._close_when_sent = False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(self._out.pop())
+            self._out_bytes = 0
+        self.close(None)
 
     def abort(self) -> None:
         """Drop the connection without flushing (shutdown grace period over)."""

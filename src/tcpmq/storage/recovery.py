@@ -1,0 +1,340 @@
+"""Rebuilding the broker from disk at startup: newest snapshot, then the log after it.
+
+Replaying the log repeats what the broker did, in the order it did it: a
+PUBLISH lands in every queue its channel has at that point of the log, an
+ACK removes ids from one queue, a drop forgets a channel or queue (its uid
+is never reused, so later records cannot be misread as its). Every message
+comes back ready; deliveries that were in flight are simply delivered again
+(at least once), with `attempt` starting over at 1.
+
+Damage: the last segment may end in a torn write (the process or machine
+died mid-append); that tail is cut off and the broker starts with every
+complete record, which includes every record a reply was sent for (with
+`fsync=always`). Any other damage — a bad record with intact data after it,
+a damaged snapshot, a missing segment — stops the start with a message
+naming the file and offset: `tcpmq check` and `tcpmq repair` take over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..broker import Broker, Channel, Message, Queue
+from .log import SEGMENT_SUFFIX, create_segment, fsync_directory
+from .records import (
+    HEADER,
+    FormatError,
+    Kind,
+    RecordType,
+    Scan,
+    decode_ids,
+    decode_json,
+    decode_messages,
+    decode_uid,
+    header,
+    read_header,
+    scan,
+)
+from .snapshot import SNAPSHOT_SUFFIX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _QueueState:
+    record: dict[str, object]
+    messages: dict[int, Message] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _ChannelState:
+    record: dict[str, object]
+    next_id: int
+    published: int
+    queues: dict[int, _QueueState] = field(default_factory=dict)
+
+
+class Replay:
+    """Broker state rebuilt record by record; `build` turns it into a `Broker`'s."""
+
+    def __init__(self) -> None:
+        self.channels: dict[int, _ChannelState] = {}
+        self.queues: dict[int, _QueueState] = {}
+        self.next_uid = 1
+        self.snapshot_complete = False
+        # Snapshot only: each channel's messages by id, until CONTENT records claim them.
+        self._tables: dict[int, dict[int, Message]] = {}
+
+    def apply(self, kind: RecordType, body: memoryview) -> None:
+        if kind is RecordType.PUBLISH:
+            channel_uid, messages = decode_messages(body)
+            channel = self.channels.get(channel_uid)
+            if channel is None:
+                return  # dropped later; its records are dead
+            queues = [queue.messages for queue in channel.queues.values()]
+            for message_id, head in messages:
+                message = Message(message_id, head)
+                for held in queues:
+                    held[message_id] = message
+            if messages:
+                channel.next_id = max(channel.next_id, messages[-1][0] + 1)
+                channel.published += len(messages)
+        elif kind is RecordType.ACK:
+            queue_uid, ids = decode_ids(body)
+            queue = self.queues.get(queue_uid)
+            if queue is not None:
+                held = queue.messages
+                for message_id in ids:
+                    held.pop(message_id, None)
+        elif kind is RecordType.CHANNEL:
+            record = decode_json(body)
+            uid = _int(record, "uid")
+            next_id = _int(record, "next_id")
+            self.channels[uid] = _ChannelState(record, next_id, _int(record, "published"))
+            self._bump(uid)
+        elif kind is RecordType.CHANNEL_DROP:
+            channel = self.channels.pop(decode_uid(body), None)
+            if channel is not None:
+                for uid in channel.queues:
+                    del self.queues[uid]
+        elif kind is RecordType.QUEUE:
+            record = decode_json(body)
+            uid = _int(record, "uid")
+            existing = self.queues.get(uid)
+            if existing is not None:
+                existing.record = record  # settings changed
+                return
+            owner = self.channels.get(_int(record, "channel"))
+            if owner is not None:
+                self.queues[uid] = owner.queues[uid] = _QueueState(record)
+            self._bump(uid)
+        elif kind is RecordType.QUEUE_DROP:
+            queue = self.queues.pop(decode_uid(body), None)
+            if queue is not None:
+                channel = self.channels.get(_int(queue.record, "channel"))
+                if channel is not None:
+                    channel.queues.pop(_int(queue.record, "uid"), None)
+        elif kind is RecordType.MESSAGES:
+            channel_uid, messages = decode_messages(body)
+            table = self._tables.setdefault(channel_uid, {})
+            for message_id, head in messages:
+                table[message_id] = Message(message_id, head)
+        elif kind is RecordType.CONTENT:
+            queue_uid, ids = decode_ids(body)
+            queue = self.queues[queue_uid]
+            table = self._tables[_int(queue.record, "channel")]
+            held = queue.messages
+            for message_id in ids:
+                held[message_id] = table[message_id]
+        elif kind is RecordType.END:
+            record = decode_json(body)
+            self.next_uid = max(self.next_uid, _int(record, "next_uid"))
+            self.snapshot_complete = True
+            self._tables.clear()
+
+    def _bump(self, uid: int) -> None:
+        self.next_uid = max(self.next_uid, uid + 1)
+
+    def build(self, broker: Broker) -> int:
+        """Install the rebuilt state in an empty `broker`; returns the messages held."""
+        held_total = 0
+        for state in self.channels.values():
+            record = state.record
+            name = _str(record, "name")
+            channel = Channel(
+                name, _str(record, "owner"), _float(record, "created_at"), _int(record, "uid")
+            )
+            channel.next_id = state.next_id
+            channel.published = state.published
+            for queue_state in state.queues.values():
+                q = queue_state.record
+                queue = Queue(
+                    name,
+                    _str(q, "name"),
+                    _str(q, "owner"),
+                    _float(q, "ack_timeout"),
+                    _float(q, "created_at"),
+                    _int(q, "uid"),
+                    channel.uid,
+                )
+                # Ids arrive in publish order, so the dict is already in id order.
+                queue.fresh = deque(queue_state.messages.values())
+                queue.ready_bytes = sum(len(m.head) for m in queue.fresh)
+                held_total += len(queue.fresh)
+                channel.queues[queue.name] = queue
+            broker.channels[name] = channel
+        broker.next_uid = self.next_uid
+        return held_total
+
+
+def _int(record: dict[str, object], key: str) -> int:
+    value = record[key]
+    if not isinstance(value, int):
+        raise ValueError(f"{key}: expected an integer")
+    return value
+
+
+def _float(record: dict[str, object], key: str) -> float:
+    value = record[key]
+    if not isinstance(value, int | float):
+        raise ValueError(f"{key}: expected a number")
+    return float(value)
+
+
+def _str(record: dict[str, object], key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string")
+    return value
+
+
+# -- files ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFiles:
+    segments: dict[int, Path]
+    snapshots: dict[int, Path]
+    temporary: list[Path]
+
+
+def list_files(directory: Path) -> StoreFiles:
+    segments: dict[int, Path] = {}
+    snapshots: dict[int, Path] = {}
+    temporary: list[Path] = []
+    for path in directory.iterdir():
+        name = path.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            temporary.append(path)
+        elif name.endswith(SEGMENT_SUFFIX) and name[: -len(SEGMENT_SUFFIX)].isdigit():
+            segments[int(name[: -len(SEGMENT_SUFFIX)])] = path
+        elif name.endswith(SNAPSHOT_SUFFIX) and name[: -len(SNAPSHOT_SUFFIX)].isdigit():
+            snapshots[int(name[: -len(SNAPSHOT_SUFFIX)])] = path
+    return StoreFiles(segments, snapshots, temporary)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    seq: int  # the segment to append to
+    size: int  # its size in bytes
+    snapshot_bytes: int
+    log_bytes: int  # bytes in the segments after the snapshot
+    messages: int  # messages held by queues
+    torn_bytes: int  # bytes of a torn tail that were cut off
+
+
+def recover(directory: Path, broker: Broker) -> Recovered:
+    """Load the store in `directory` (created if empty) into `broker`.
+
+    Raises:
+        FormatError: damage that is not a torn tail, naming the file and offset.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = list_files(directory)
+    for path in files.temporary:
+        path.unlink()  # an interrupted snapshot; the files it would replace are intact
+    replay = Replay()
+    base = max(files.snapshots, default=None)
+    snapshot_bytes = 0
+    if base is not None:
+        snapshot_bytes = _load_snapshot(files.snapshots[base], base, replay)
+        for seq, path in files.snapshots.items():
+            if seq < base:
+                path.unlink()  # superseded; its removal was interrupted
+        for seq, path in files.segments.items():
+            if seq < base:
+                path.unlink()
+    seqs = sorted(seq for seq in files.segments if base is None or seq >= base)
+    if base is not None and (not seqs or seqs[0] != base):
+        raise FormatError(str(directory), 0, f"segment {base} after the snapshot is missing")
+    for previous, seq in itertools.pairwise(seqs):
+        if seq != previous + 1:
+            raise FormatError(str(directory), 0, f"segment {previous + 1} is missing")
+    log_bytes = 0
+    torn_bytes = 0
+    size = 0
+    for seq in seqs:
+        path = files.segments[seq]
+        last = seq == seqs[-1]
+        size, torn = _replay_segment(path, seq, replay, last)
+        log_bytes += size
+        torn_bytes += torn
+    if seqs:
+        seq = seqs[-1]
+    else:
+        seq = 1 if base is None else base
+        os.close(create_segment(directory, seq))
+        fsync_directory(directory)
+        size = HEADER.size
+    messages = replay.build(broker)
+    return Recovered(seq, size, snapshot_bytes, log_bytes, messages, torn_bytes)
+
+
+def _load_snapshot(path: Path, seq: int, replay: Replay) -> int:
+    data = path.read_bytes()
+    kind, found = read_header(data, str(path))
+    if kind is not Kind.SNAPSHOT or found != seq:
+        raise FormatError(str(path), 0, "header does not match the file name")
+    result = scan(data)
+    if result.damage is not None:
+        raise FormatError(str(path), result.damage.offset, result.damage.reason)
+    _apply_all(path, result, replay)
+    if not replay.snapshot_complete:
+        raise FormatError(str(path), len(data), "snapshot has no END record")
+    return len(data)
+
+
+def _replay_segment(path: Path, seq: int, replay: Replay, last: bool) -> tuple[int, int]:
+    """Apply one segment; returns its (possibly truncated) size and the bytes cut off."""
+    data = path.read_bytes()
+    if last and len(data) < HEADER.size:
+        # Died while creating the segment: start it again.
+        _truncate(path, 0)
+        with open(path, "ab") as out:
+            out.write(header(Kind.LOG, seq))
+            out.flush()
+            os.fsync(out.fileno())
+        return HEADER.size, len(data)
+    kind, found = read_header(data, str(path))
+    if kind is not Kind.LOG or found != seq:
+        raise FormatError(str(path), 0, "header does not match the file name")
+    result = scan(data)
+    _apply_all(path, result, replay)
+    damage = result.damage
+    if damage is None:
+        return len(data), 0
+    if not (last and damage.torn_tail):
+        raise FormatError(str(path), damage.offset, damage.reason)
+    log.warning(
+        "%s: cut off a torn write of %d bytes at offset %d (%s)",
+        path,
+        len(data) - damage.offset,
+        damage.offset,
+        damage.reason,
+    )
+    _truncate(path, damage.offset)
+    return damage.offset, len(data) - damage.offset
+
+
+def _apply_all(path: Path, result: Scan, replay: Replay) -> None:
+    for offset, record_kind, body in result.records:
+        try:
+            replay.apply(record_kind, body)
+        except (ValueError, KeyError, IndexError) as exc:
+            # Intact bytes that make no sense: never guess, stop.
+            reason = f"unreadable {record_kind.name} record: {exc}"
+            raise FormatError(str(path), offset, reason) from exc
+
+
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
