@@ -3,65 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
-READY = re.compile(rb"tcpmq listening on (\S+):(\d+)")
+from processes import clean_env, serve
+
 CREATED = re.compile(rb"created user 'admin' with password (\S+)")
-STARTUP_TIMEOUT = 30.0
-
-
-@dataclass
-class ServeProcess:
-    process: asyncio.subprocess.Process
-    host: str
-    port: int
-    startup_log: bytes
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TCPMQ_ADMIN_PASSWORD"}
-    env.update(extra)
-    return env
-
-
-@asynccontextmanager
-async def serve(data_dir: Path, **env: str) -> AsyncIterator[ServeProcess]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tcpmq",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(**env),
-    )
-    assert process.stderr is not None
-    log = b""
-    try:
-        # The readiness signal is the "listening" line, not a sleep.
-        while (match := READY.search(log)) is None:
-            line = await asyncio.wait_for(process.stderr.readline(), STARTUP_TIMEOUT)
-            assert line, f"server exited before listening: {log.decode()}"
-            log += line
-        yield ServeProcess(process, match.group(1).decode(), int(match.group(2)), log)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def call(host: str, port: int, *requests: dict[str, object]) -> list[dict[str, object]]:
@@ -83,7 +36,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=_env(),
+        env=clean_env(),
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None

@@ -1,0 +1,74 @@
+"""`tcpmq serve` as a real process, for tests that need one (signals, crashes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+READY = re.compile(rb"tcpmq listening on (\S+):(\d+)")
+STARTUP_TIMEOUT = 30.0
+
+
+@dataclass
+class ServeProcess:
+    process: asyncio.subprocess.Process
+    host: str
+    port: int
+    startup_log: bytes
+
+    @property
+    def url(self) -> str:
+        return f"tcpmq://{self.host}:{self.port}"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TCPMQ_ADMIN_PASSWORD"}
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def serve(data_dir: Path, *args: str, **env: str) -> AsyncIterator[ServeProcess]:
+    """Run `tcpmq serve` on an ephemeral port until the block ends (then kill it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tcpmq",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        *args,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(**env),
+    )
+    assert process.stderr is not None
+    log = b""
+    try:
+        # The readiness signal is the "listening" line, not a sleep.
+        while (match := READY.search(log)) is None:
+            line = await asyncio.wait_for(process.stderr.readline(), STARTUP_TIMEOUT)
+            assert line, f"server exited before listening: {log.decode()}"
+            log += line
+        # Keep reading its log so a chatty server never blocks on a full pipe.
+        drain = asyncio.ensure_future(_discard(process.stderr))
+        try:
+            yield ServeProcess(process, match.group(1).decode(), int(match.group(2)), log)
+        finally:
+            drain.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
