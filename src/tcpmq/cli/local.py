@@ -1,4 +1,8 @@
-"""The `tcpmq` command line: `serve` runs the broker, `token` mints a token offline."""
+"""The commands that need no running server: `serve` runs the broker, `token` mints a token offline.
+
+Both work on the data directory directly; their failures print `tcpmq: <reason>`
+and exit 1, as they always have.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,13 @@ import asyncio
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from . import __version__
-from .config import DEFAULT_PORT, Limits, ServerConfig, StorageConfig, default_data_dir
-from .errors import TcpmqError
-from .server import Server, open_data_dir
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+from ..config import DEFAULT_PORT, Limits, ServerConfig, StorageConfig, default_data_dir
+from ..errors import TcpmqError
+from .exits import EXIT_ERROR, EXIT_OK
 
 
 def _limit_flag(name: str) -> str:
@@ -67,11 +70,7 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tcpmq", description="tcpmq message broker")
-    parser.add_argument("--version", action="version", version=f"tcpmq {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the broker",
@@ -89,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_storage_flags(serve)
     _add_limit_flags(serve)
+    serve.set_defaults(local=_guarded(_serve))
 
+
+def add_token(commands: argparse._SubParsersAction[Any]) -> None:
     token = commands.add_parser(
         "token",
         help="mint a token offline from the data dir",
@@ -99,7 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user")
     token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default 86400)")
     token.add_argument("--data-dir", type=Path, default=None)
-    return parser
+    token.set_defaults(local=_guarded(_token))
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (TcpmqError, ValueError, OSError) as exc:
+            print(f"tcpmq: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+
+    return run
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -120,6 +133,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the server and its crypto would slow down every client command.
+    from ..server import Server
+
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -136,6 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from ..server import open_data_dir
+
     config = ServerConfig(data_dir=args.data_dir or default_data_dir())
     signer, users = open_data_dir(config)
     user = users.get(args.user)
@@ -144,14 +162,3 @@ def _token(args: argparse.Namespace) -> int:
         raise ValueError(f"--ttl must be between 1 and {config.limits.max_token_ttl}")
     print(signer.mint(user.name, user.role, user.uid, ttl))
     return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "serve":
-            return _serve(args)
-        return _token(args)
-    except (TcpmqError, ValueError, OSError) as exc:
-        print(f"tcpmq: {exc}", file=sys.stderr)
-        return EXIT_ERROR

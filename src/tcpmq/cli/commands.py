@@ -1,0 +1,381 @@
+"""The command table: every `tcpmq` command, its options, help and example.
+
+One argparse tree serves both the command line and the shell (`shell=True`
+leaves out what makes no sense inside it: the connection options, `serve`,
+`shell`, passwords on stdin), so a command behaves the same in both. A leaf
+sets `handler` (an async function run against the server, see `runner`) or
+`local` (a function that needs no server). The shell completes a positional
+or an option value from the server when its metavar is CHANNEL, QUEUE or
+USER. The parser raises `UsageError` instead of exiting, so the shell can go
+on after a mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from .. import __version__
+from . import account, local, manage, publish, pull
+from .exits import UsageError
+
+
+class HelpShown(Exception):
+    """`--help` or `--version` printed what was asked; nothing else to do."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, and says what was wrong on one line."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A command (a parser without sub-commands) takes its options anywhere,
+        # so `pub orders --raw 42` finds DATA after the option. The intermixed
+        # parse calls back into this method; the flag sends that to argparse.
+        if self._intermixing or any(
+            isinstance(a, argparse._SubParsersAction) for a in self._actions
+        ):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    _intermixing = False
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("tcpmq").strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see '{self.prog} --help')")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise HelpShown(status)
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+class Table:
+    """Adds commands to a subparsers action with the shared options."""
+
+    def __init__(self, parent: argparse._SubParsersAction[ArgumentParser], shell: bool) -> None:
+        self.parent = parent
+        self.shell = shell
+
+    def command(
+        self,
+        name: str,
+        summary: str,
+        example: str,
+        *,
+        description: str | None = None,
+        connect: bool = True,
+        credentials: bool = True,
+    ) -> ArgumentParser:
+        parser = self.parent.add_parser(
+            name,
+            help=summary,
+            # The raw formatter keeps the example's lines, so wrap the prose here.
+            description=textwrap.fill(description or summary[0].upper() + summary[1:] + ".", 79),
+            epilog="example:\n" + "\n".join(f"  {line}" for line in example.splitlines()),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if connect:
+            add_common_options(parser, shell=self.shell, credentials=credentials, leaf=True)
+        return parser
+
+    def group(self, name: str, summary: str) -> Table:
+        description = summary[0].upper() + summary[1:] + "."
+        parser = self.parent.add_parser(name, help=summary, description=description)
+        sub = parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+        return Table(sub, self.shell)
+
+
+def add_common_options(
+    parser: argparse.ArgumentParser, *, shell: bool, credentials: bool = True, leaf: bool
+) -> None:
+    """--json, and outside the shell the options saying where to connect and as whom.
+
+    On a leaf they default to SUPPRESS, so `tcpmq --json channel list` and
+    `tcpmq channel list --json` both work and one does not undo the other.
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if leaf else value
+
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+    if shell:
+        return
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--url",
+        default=default(None),
+        help="server, tcpmq://HOST[:PORT] (default: $TCPMQ_URL, else tcpmq://127.0.0.1:7878)",
+    )
+    if credentials:
+        group.add_argument(
+            "--token",
+            default=default(None),
+            help="authenticate with TOKEN (default: $TCPMQ_TOKEN, else the stored login)",
+        )
+        group.add_argument(
+            "-u",
+            "--user",
+            default=default(None),
+            help="log in as USER; the password comes from $TCPMQ_PASSWORD or is asked for",
+        )
+    group.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=default(10.0),
+        metavar="SECONDS",
+        help="give up on a reply after SECONDS (default 10; a pull waits longer)",
+    )
+
+
+def build_parser(*, shell: bool = False) -> ArgumentParser:
+    """The whole command tree; with `shell`, the commands the shell runs."""
+    parser = ArgumentParser(
+        prog="tcpmq",
+        description="tcpmq message broker: run it, manage it, publish and consume.",
+        epilog="Run 'tcpmq COMMAND --help' for a command's options and an example.\n"
+        "docs/cli.md describes every command, the exit codes and the stored logins.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tcpmq {__version__}")
+    if not shell:
+        add_common_options(parser, shell=False, leaf=False)
+        parser.set_defaults(json=False, url=None, token=None, user=None, timeout=10.0)
+    else:
+        parser.set_defaults(json=False)
+    table = Table(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), shell)
+
+    if not shell:
+        local.add_serve(table.parent)
+        local.add_token(table.parent)
+        table.command(
+            "shell",
+            "an interactive session with history and completion",
+            "tcpmq shell --url tcpmq://10.0.0.5:7878",
+            description="Run commands interactively on one connection: 'channel list', "
+            "'pull orders', ... TAB completes commands and channel, queue and user names.",
+        ).set_defaults(local=_shell)
+
+    _account_commands(table, shell)
+    _manage_commands(table, shell)
+    _message_commands(table)
+    return parser
+
+
+def _shell(args: argparse.Namespace) -> int:
+    from .shell import run_shell  # the shell imports this module
+
+    return run_shell(args)
+
+
+def _account_commands(table: Table, shell: bool) -> None:
+    login = table.command(
+        "login",
+        "log in and store the token for this server",
+        "tcpmq login --user alice\n"
+        "printenv ALICE_PASSWORD | tcpmq login --user alice --password-stdin",
+        description="Log in with a password and store the token in the config directory "
+        "(mode 0600), so later commands for this server need no credentials.",
+        credentials=False,
+    )
+    login.add_argument("-u", "--user", metavar="USER", default=argparse.SUPPRESS)
+    if not shell:
+        login.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+    login.add_argument("--ttl", type=_positive(int), metavar="SECONDS", help="token lifetime")
+    login.set_defaults(handler=account.login)
+
+    table.command(
+        "logout",
+        "forget the stored token for this server",
+        "tcpmq logout --url tcpmq://10.0.0.5:7878",
+        credentials=False,
+    ).set_defaults(handler=account.logout)
+
+    table.command("whoami", "show the user you are on the server", "tcpmq whoami").set_defaults(
+        handler=account.whoami
+    )
+    table.command(
+        "ping",
+        "check that the server answers; print the round-trip time",
+        "tcpmq ping --url tcpmq://10.0.0.5:7878",
+        credentials=False,
+    ).set_defaults(handler=account.ping)
+    table.command(
+        "ops", "list the ops the server knows (the protocol's help)", "tcpmq ops"
+    ).set_defaults(handler=manage.ops)
+
+
+def _manage_commands(table: Table, shell: bool) -> None:
+    users = table.group("user", "manage users (admins)")
+    add = users.command(
+        "add",
+        "create a user",
+        "tcpmq user add alice --role user\n"
+        "printenv NEW_PASSWORD | tcpmq user add ci --password-stdin",
+        description="Create a user; the password is asked for twice on the terminal.",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", choices=["user", "admin"], default="user")
+    if not shell:
+        add.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+    add.set_defaults(handler=manage.user_add)
+    users.command("list", "list users", "tcpmq user list").set_defaults(handler=manage.user_list)
+    get = users.command("get", "show a user", "tcpmq user get alice")
+    get.add_argument("name", metavar="USER")
+    get.set_defaults(handler=manage.user_get)
+    rm = users.command(
+        "rm",
+        "delete a user, its queues and its connections",
+        "tcpmq user rm alice",
+    )
+    rm.add_argument("name", metavar="USER")
+    rm.set_defaults(handler=manage.user_rm)
+
+    channels = table.group("channel", "manage channels")
+    add = channels.command("add", "create a channel", "tcpmq channel add orders")
+    add.add_argument("name", metavar="NAME")
+    add.set_defaults(handler=manage.channel_add)
+    channels.command("list", "list channels", "tcpmq channel list").set_defaults(
+        handler=manage.channel_list
+    )
+    get = channels.command("get", "show a channel and its queues", "tcpmq channel get orders")
+    get.add_argument("name", metavar="CHANNEL")
+    get.set_defaults(handler=manage.channel_get)
+    rm = channels.command(
+        "rm", "delete a channel with its queues and messages", "tcpmq channel rm orders"
+    )
+    rm.add_argument("name", metavar="CHANNEL")
+    rm.set_defaults(handler=manage.channel_rm)
+
+    sub = table.command(
+        "sub",
+        "subscribe: add a queue to a channel",
+        "tcpmq sub orders --queue billing --ack-timeout 60",
+        description="Add a queue to a channel (named after you unless --queue is given); "
+        "every message published from then on is also put in it. Subscribing again to "
+        "your own queue is not an error and sets a given --ack-timeout.",
+    )
+    sub.add_argument("channel", metavar="CHANNEL")
+    sub.add_argument("--queue", metavar="QUEUE", help="queue name (default: your user name)")
+    sub.add_argument(
+        "--ack-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="redeliver a message not acked within SECONDS (server default 30)",
+    )
+    sub.set_defaults(handler=manage.subscribe)
+
+    queues = table.group("queue", "list and delete queues")
+    ls = queues.command("list", "list the queues of a channel", "tcpmq queue list orders")
+    ls.add_argument("channel", metavar="CHANNEL")
+    ls.set_defaults(handler=manage.queue_list)
+    rm = queues.command(
+        "rm", "delete a queue and its messages (unsubscribe)", "tcpmq queue rm orders billing"
+    )
+    rm.add_argument("channel", metavar="CHANNEL")
+    rm.add_argument("queue", metavar="QUEUE")
+    rm.set_defaults(handler=manage.queue_rm)
+
+
+def _message_commands(table: Table) -> None:
+    pub = table.command(
+        "pub",
+        "publish messages to a channel",
+        "tcpmq pub orders '{\"order\": 1234}'\n"
+        "tcpmq pub greetings hello\n"
+        "cat events.jsonl | tcpmq pub audit",
+        description="Publish DATA, or with no DATA one message per line of stdin (blank "
+        "lines skipped), sent in pipelined batches. DATA or a line that is valid JSON is "
+        "sent as that JSON value, anything else as a string; --raw sends every one as a "
+        "string.",
+    )
+    pub.add_argument("channel", metavar="CHANNEL")
+    pub.add_argument("data", metavar="DATA", nargs="?", help="the message (default: stdin)")
+    pub.add_argument("--raw", action="store_true", help="send DATA or each line as a string")
+    pub.add_argument(
+        "--batch",
+        type=_positive(int),
+        default=publish.DEFAULT_BATCH,
+        metavar="N",
+        help=f"messages per publish from stdin (default {publish.DEFAULT_BATCH})",
+    )
+    pub.set_defaults(handler=publish.pub)
+
+    pl = table.command(
+        "pull",
+        "take messages from a queue, print them, ack them",
+        "tcpmq pull orders --queue billing --max 10\n"
+        "tcpmq pull orders --queue billing --follow --json | jq .data",
+        description="Take up to --max ready messages from a queue, print them, and ack "
+        "them once printed. With --follow, keep long-polling and print each message as it "
+        "arrives until Ctrl-C; what was printed is acked, what was pulled but not printed "
+        "is returned to the queue. See docs/cli.md for the exact guarantee.",
+    )
+    pl.add_argument("channel", metavar="CHANNEL")
+    pl.add_argument("--queue", metavar="QUEUE", help="queue name (default: your user name)")
+    pl.add_argument(
+        "--max",
+        type=_positive(int),
+        metavar="N",
+        help=f"at most N messages (default 1; with --follow, per pull, default "
+        f"{pull.FOLLOW_BATCH})",
+    )
+    pl.add_argument(
+        "--wait",
+        type=_not_negative,
+        metavar="SECONDS",
+        help="long-poll up to SECONDS for a message (default 0; with --follow, per pull, "
+        f"default {pull.FOLLOW_WAIT:g})",
+    )
+    pl.add_argument(
+        "--no-ack", action="store_true", help="leave the messages in flight; ack them yourself"
+    )
+    pl.add_argument("-f", "--follow", action="store_true", help="keep pulling until Ctrl-C")
+    pl.set_defaults(handler=pull.pull)
+
+    for name, summary, handler in (
+        ("ack", "acknowledge messages pulled with --no-ack", pull.ack),
+        ("nack", "return messages pulled with --no-ack to the queue", pull.nack),
+    ):
+        settle = table.command(name, summary, f"tcpmq {name} orders 17 18 --queue billing")
+        settle.add_argument("channel", metavar="CHANNEL")
+        settle.add_argument("ids", metavar="ID", nargs="+", type=int)
+        settle.add_argument("--queue", metavar="QUEUE", help="queue name (default: your user name)")
+        settle.set_defaults(handler=handler)

@@ -1,0 +1,197 @@
+"""Where to connect and as whom: the server URL, the credentials, the connection.
+
+Credentials are looked for in this order, the first found wins:
+
+1. `--token TOKEN`;
+2. `--user NAME`, with the password from `TCPMQ_PASSWORD` or asked for;
+3. `TCPMQ_TOKEN`;
+4. the login stored by `tcpmq login` for the server's URL.
+
+They are resolved (and a password asked for) before connecting, because the
+server closes a connection that has not authenticated within its
+`auth_timeout`. A command connects once; the shell keeps its session for its
+whole life and connects again, with the same credentials, if the connection
+was lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from ..client import DEFAULT_URL, Client, ConnectionClosed, connect, parse_url
+from ..errors import AuthFailed
+from ..models import Identity, LoginResult
+from .credentials import CredentialStore
+from .exits import EXIT_AUTH, EXIT_CONNECTION, CliError, UsageError
+from .prompts import ask_password
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def canonical_url(url: str) -> str:
+    """`url` as `tcpmq://host:port`, so that one server has one key in the credentials file.
+
+    Raises:
+        UsageError: not a tcpmq URL.
+    """
+    try:
+        host, port = parse_url(url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"tcpmq://{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How to authenticate, and where that came from (for error messages)."""
+
+    source: str
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+class Session:
+    """The server, the credentials, and the open client (connected on first use)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        store: CredentialStore | None = None,
+    ) -> None:
+        if token is not None and user is not None:
+            raise UsageError("give --token or --user, not both")
+        if timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        self.url = canonical_url(url or os.environ.get("TCPMQ_URL") or DEFAULT_URL)
+        self.store = store if store is not None else CredentialStore()
+        self.timeout = timeout
+        #: Who the connection is authenticated as, once it is.
+        self.identity: Identity | None = None
+        self._token = token
+        self._user = user
+        self._credentials: Credentials | None = None
+        self._client: Client | None = None
+
+    @property
+    def host_port(self) -> str:
+        """`host:port` of the server, for prompts and messages."""
+        return self.url.removeprefix("tcpmq://")
+
+    def credentials(self) -> Credentials:
+        """The credentials to use, asking for a password if `--user` was given.
+
+        Raises:
+            CliError: none are available (exit 4), or the stored login has expired.
+        """
+        if self._credentials is None:
+            self._credentials = self._resolve()
+        return self._credentials
+
+    def _resolve(self) -> Credentials:
+        if self._token is not None:
+            return Credentials("--token", token=self._token)
+        if self._user is not None:
+            password = os.environ.get("TCPMQ_PASSWORD") or ask_password(
+                f"Password for {self._user} at {self.url}: "
+            )
+            return Credentials("--user", user=self._user, password=password)
+        env_token = os.environ.get("TCPMQ_TOKEN")
+        if env_token:
+            return Credentials("TCPMQ_TOKEN", token=env_token)
+        stored = self.store.get(self.url)
+        if stored is None:
+            raise CliError(
+                f"unauthenticated: not logged in to {self.url}; "
+                "run 'tcpmq login --user NAME' or give --token",
+                EXIT_AUTH,
+            )
+        if stored.expires_at is not None and stored.expires_at <= time.time():
+            raise CliError(
+                f"auth_failed: the stored login for {self.url} has expired; "
+                "run 'tcpmq login' again",
+                EXIT_AUTH,
+            )
+        return Credentials(f"the stored login for {self.url}", token=stored.token)
+
+    async def client(self, *, authenticate: bool = True) -> Client:
+        """The open client, connected (and authenticated) if it is not yet.
+
+        Raises:
+            CliError: cannot connect (exit 3), or no credentials (exit 4).
+            AuthFailed: the credentials were refused (exit 4).
+        """
+        credentials: Credentials | None = None
+        if self._client is None or self._client.closed:
+            # Ask for a password before connecting: the server drops a
+            # connection that has not authenticated within its auth_timeout.
+            if authenticate:
+                credentials = self.credentials()
+            self.identity = None
+            self._client = await self._connect()
+        elif authenticate and self.identity is None:
+            credentials = self.credentials()
+        if credentials is not None:
+            await self._authenticate(self._client, credentials)
+        return self._client
+
+    async def _connect(self) -> Client:
+        try:
+            return await connect(self.url, timeout=self.timeout)
+        except TimeoutError:
+            raise CliError(f"cannot connect to {self.url}: timed out", EXIT_CONNECTION) from None
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise CliError(f"cannot connect to {self.url}: {reason}", EXIT_CONNECTION) from None
+
+    async def _authenticate(self, client: Client, credentials: Credentials) -> None:
+        try:
+            if credentials.token is not None:
+                self.identity = await client.auth(credentials.token)
+            else:
+                assert credentials.user is not None and credentials.password is not None
+                self.adopt(await client.login(credentials.user, credentials.password))
+        except AuthFailed as exc:
+            self._credentials = None
+            hint = "; run 'tcpmq login' again" if credentials.source.startswith("the") else ""
+            raise CliError(
+                f"auth_failed: {exc.message} (credentials from {credentials.source}{hint})",
+                EXIT_AUTH,
+            ) from None
+
+    def adopt(self, login: LoginResult) -> None:
+        """Use the token of a login from now on (also to connect again)."""
+        self.identity = Identity(user=login.user, role=login.role, expires_at=login.expires_at)
+        self._credentials = Credentials(f"the login as {login.user}", token=login.token)
+
+    async def revive(self) -> None:
+        """Drop the connection if it has died since it was last used (the shell, between commands).
+
+        A ping finds out; the next `client()` then connects again. Only a
+        ping is ever retried this way: a command that fails on a connection
+        lost under it is reported, since it may or may not have been done.
+        """
+        client = self._client
+        if client is None:
+            return
+        if not client.closed:
+            try:
+                await client.ping()
+                return
+            except (ConnectionClosed, TimeoutError, OSError):
+                pass
+        await self.close()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+            self.identity = None
