@@ -45,7 +45,8 @@ def leaf_commands(
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     commands = leaf_commands(build_parser())
     assert {" ".join(command) for command in commands} == {
-        *("serve", "token", "shell", "login", "logout", "whoami", "ping", "ops"),
+        *("serve", "token", "check", "repair", "shell"),
+        *("login", "logout", "whoami", "ping", "ops"),
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),
         *("sub", "queue list", "queue rm", "pub", "pull", "ack", "nack"),

@@ -181,6 +181,8 @@ def build_parser(*, shell: bool = False) -> ArgumentParser:
     if not shell:
         local.add_serve(table.parent)
         local.add_token(table.parent)
+        local.add_check(table.parent)
+        local.add_repair(table.parent)
         table.command(
             "shell",
             "an interactive session with history and completion",

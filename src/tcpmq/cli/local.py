@@ -1,7 +1,8 @@
-"""The commands that need no running server: `serve` runs the broker, `token` mints a token offline.
+"""The commands that need no running server.
 
-Both work on the data directory directly; their failures print `tcpmq: <reason>`
-and exit 1, as they always have.
+`serve` runs the broker, `token` mints a token offline, `check` and `repair`
+inspect and salvage the durable store. All work on the data directory
+directly; their failures print `tcpmq: <reason>` and exit 1.
 """
 
 from __future__ import annotations
@@ -79,12 +80,7 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="default: $TCPMQ_DATA_DIR, else ~/.local/share/tcpmq",
-    )
+    _add_data_dir(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_storage_flags(serve)
     _add_limit_flags(serve)
@@ -100,8 +96,43 @@ def add_token(commands: argparse._SubParsersAction[Any]) -> None:
     )
     token.add_argument("user")
     token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default 86400)")
-    token.add_argument("--data-dir", type=Path, default=None)
+    _add_data_dir(token)
     token.set_defaults(local=_guarded(_token))
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="default: $TCPMQ_DATA_DIR, else ~/.local/share/tcpmq",
+    )
+
+
+def add_check(commands: argparse._SubParsersAction[Any]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="report damage in the store; change nothing",
+        description="Read every store file as a start would and report each damaged region "
+        "with its file and offset. Exit 0 when the broker would start, 1 when it would refuse. "
+        "Run it with the broker stopped.",
+        epilog="example: tcpmq check --data-dir /var/lib/tcpmq",
+    )
+    _add_data_dir(check)
+    check.set_defaults(local=_guarded(_check))
+
+
+def add_repair(commands: argparse._SubParsersAction[Any]) -> None:
+    repair = commands.add_parser(
+        "repair",
+        help="salvage every intact record of a damaged store",
+        description="Rewrite each damaged store file with its intact records; the originals "
+        "are moved to store/damaged/. Messages in a damaged region are lost. "
+        "Run it with the broker stopped.",
+        epilog="example: tcpmq repair --data-dir /var/lib/tcpmq && tcpmq check --data-dir ...",
+    )
+    _add_data_dir(repair)
+    repair.set_defaults(local=_guarded(_repair))
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -135,20 +166,85 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server and its crypto would slow down every client command.
     from ..server import Server
+    from ..storage import FormatError
 
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    server = Server(_config(args))
+    config = _config(args)
+    server = Server(config)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(server.serve_until_signalled())
+        run: Callable[[Any], None] = asyncio.run
     else:
-        uvloop.run(server.serve_until_signalled())
+        run = uvloop.run
+    try:
+        run(server.serve_until_signalled())
+    except FormatError as exc:
+        # Damage is never skipped silently: say where it is and what to run.
+        print(
+            f"tcpmq: the store is damaged, not starting: {exc}\n"
+            f"tcpmq: run 'tcpmq check --data-dir {config.data_dir}' for a report, "
+            "'tcpmq repair' to keep every intact record",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def _store_dir(args: argparse.Namespace) -> Path:
+    from ..storage.store import STORE_DIR
+
+    return Path(args.data_dir or default_data_dir()) / STORE_DIR
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ..storage.check import check
+
+    directory = _store_dir(args)
+    report = check(directory)
+    for file in report.files:
+        print(f"{file.path.name}  {file.size} bytes  {file.records} records")
+        if file.torn_tail is not None:
+            offset, reason = file.torn_tail
+            print(f"  torn tail at offset {offset} ({reason}): cut off at start, not a problem")
+    for problem in report.problems:
+        print(f"damaged: {problem}")
+    print(f"{report.channels} channels, {report.queues} queues, {report.messages} messages intact")
+    if report.ok:
+        print(f"{directory}: ok")
+        return EXIT_OK
+    data_dir = args.data_dir or default_data_dir()
+    print(
+        f"tcpmq: {len(report.problems)} problem(s) in {directory}; "
+        f"'tcpmq repair --data-dir {data_dir}' keeps every intact record",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from ..storage.check import DAMAGED_DIR, check, repair
+
+    directory = _store_dir(args)
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: no store here")
+    result = repair(directory)
+    if not result.repaired and not result.renumbered:
+        print(f"{directory}: nothing to repair")
+    for path in result.repaired:
+        print(f"repaired {path.name}: original kept in {DAMAGED_DIR}/{path.name}")
+    for old, new in result.renumbered:
+        print(f"renumbered {old.name} -> {new.name}")
+    if result.dropped_bytes:
+        print(f"{result.dropped_bytes} damaged bytes dropped")
+    after = check(directory)
+    for problem in after.problems:
+        print(f"still damaged: {problem}", file=sys.stderr)
+    return EXIT_OK if after.ok else EXIT_ERROR
 
 
 def _token(args: argparse.Namespace) -> int:
