@@ -6,8 +6,10 @@ checked deterministically; the asyncio layer only moves bytes and wakes
 waiters.
 
 A channel holds one `Queue` per subscription. `publish` encodes each message
-once into a `Message` whose `head` is the delivery's JSON up to its attempt
-number, and appends the same object to every queue. Within a queue a message
+once into its *head*, the delivery's JSON up to its attempt number, and
+appends the same bytes object to every queue. A queued message is nothing but
+that head (its id is read back from it when it is delivered): no object per
+message beside its bytes, which keeps a deep queue small. Within a queue a message
 is *ready* (in `fresh`, or in `retry` after a nack or ack timeout) or *in
 flight* (in one of the `lanes`, keyed by id, until acked or its deadline passes).
 
@@ -47,26 +49,21 @@ from typing import Protocol
 
 from .config import Limits
 from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
-from .wire import encode_message_head
+from .wire import encode_message_head, head_id
 
-
-class Message:
-    """One published message, shared by every queue of its channel."""
-
-    __slots__ = ("head", "id")
-
-    def __init__(self, message_id: int, head: bytes) -> None:
-        self.id = message_id
-        self.head = head
+#: A queued message: its encoded head (see `wire.encode_message_head`), shared
+#: by every queue of its channel.
+Message = bytes
 
 
 class Delivery:
     """A message in flight: delivered to a consumer, not yet acknowledged."""
 
-    __slots__ = ("attempt", "deadline", "message")
+    __slots__ = ("attempt", "deadline", "head", "id")
 
-    def __init__(self, message: Message, attempt: int, deadline: float) -> None:
-        self.message = message
+    def __init__(self, head: Message, attempt: int, deadline: float) -> None:
+        self.id = head_id(head)
+        self.head = head
         self.attempt = attempt
         self.deadline = deadline
 
@@ -78,7 +75,7 @@ class Journal(Protocol):
     def channel_dropped(self, channel: Channel) -> None: ...
     def queue_saved(self, queue: Queue) -> None: ...
     def queue_dropped(self, queue: Queue) -> None: ...
-    def published(self, channel: Channel, messages: list[Message]) -> None: ...
+    def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None: ...
     def acked(self, queue: Queue, ids: list[int]) -> None: ...
 
 
@@ -97,7 +94,7 @@ class MemoryJournal:
     def queue_dropped(self, queue: Queue) -> None:
         pass
 
-    def published(self, channel: Channel, messages: list[Message]) -> None:
+    def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None:
         pass
 
     def acked(self, queue: Queue, ids: list[int]) -> None:
@@ -201,7 +198,7 @@ class Queue:
             if not lanes or lanes[-1]:
                 lanes.append({})
             self.lane_timeout = self.ack_timeout
-        lanes[-1][delivery.message.id] = delivery
+        lanes[-1][delivery.id] = delivery
         self.inflight_count += 1
 
     def record(self) -> dict[str, object]:
@@ -220,18 +217,14 @@ class Queue:
         held = list(self.fresh)
         if self.retry or self.inflight_count:
             held.extend(entry[2] for entry in self.retry)
-            held.extend(d.message for lane in self.lanes for d in lane.values())
-            held.sort(key=_message_id)
+            held.extend(d.head for lane in self.lanes for d in lane.values())
+            held.sort(key=head_id)
         return held
 
     def first_deadline(self) -> float | None:
         """The earliest ack deadline of the queue's in-flight deliveries."""
         firsts = [next(iter(lane.values())).deadline for lane in self.lanes if lane]
         return min(firsts) if firsts else None
-
-
-def _message_id(message: Message) -> int:
-    return message.id
 
 
 class Channel:
@@ -408,10 +401,10 @@ class Broker:
         channel = self.channel(channel_name)
         first = channel.next_id
         messages = [
-            Message(first + i, encode_message_head(first + i, data, published_at, publisher))
+            encode_message_head(first + i, data, published_at, publisher)
             for i, data in enumerate(datas)
         ]
-        size = sum(len(m.head) for m in messages)
+        size = sum(map(len, messages))
         queues = channel.queues.values()
         limits = self.limits
         for queue in queues:
@@ -429,13 +422,13 @@ class Broker:
                 )
         channel.next_id = first + len(messages)
         channel.published += len(messages)
-        self.journal.published(channel, messages)
+        self.journal.published(channel, first, messages)
         for queue in queues:
             queue.fresh.extend(messages)
             queue.ready_bytes += size
             if queue.waiters:
                 self._serve_waiters(queue, now)
-        return [m.id for m in messages], len(queues)
+        return list(range(first, first + len(messages))), len(queues)
 
     def pull(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
         """Put up to `max_messages` ready messages in flight and return them."""
@@ -505,7 +498,7 @@ class Broker:
                         break
                     due.append(delivery)
             for delivery in due:
-                queue.settle(delivery.message.id)
+                queue.settle(delivery.id)
             expired += len(due)
             if due:
                 # Lanes may interleave ids; the retry heap puts them back in order.
@@ -537,20 +530,18 @@ class Broker:
         taken: list[Delivery] = []
         while len(taken) < count:
             if retry:
-                message = retry[0][2]
-                cost = len(message.head) + 24
+                cost = len(retry[0][2]) + 24
                 if taken and cost > budget:
                     break
                 _, attempts, message = heapq.heappop(retry)
-                queue.ready_bytes -= len(message.head)
+                queue.ready_bytes -= len(message)
                 delivery = Delivery(message, attempts + 1, deadline)
             elif fresh:
-                message = fresh[0]
-                cost = len(message.head) + 24
+                cost = len(fresh[0]) + 24
                 if taken and cost > budget:
                     break
-                fresh.popleft()
-                queue.ready_bytes -= len(message.head)
+                message = fresh.popleft()
+                queue.ready_bytes -= len(message)
                 delivery = Delivery(message, 1, deadline)
             else:
                 break
@@ -564,8 +555,8 @@ class Broker:
     def _requeue(self, queue: Queue, deliveries: list[Delivery], now: float) -> None:
         retry = queue.retry
         for delivery in deliveries:
-            heapq.heappush(retry, (delivery.message.id, delivery.attempt, delivery.message))
-            queue.ready_bytes += len(delivery.message.head)
+            heapq.heappush(retry, (delivery.id, delivery.attempt, delivery.head))
+            queue.ready_bytes += len(delivery.head)
         if queue.waiters:
             self._serve_waiters(queue, now)
 

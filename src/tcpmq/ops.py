@@ -243,7 +243,7 @@ def _owned_queue(session: Session, channel: str, name: str | None) -> Queue:
 
 
 def _encode_deliveries(deliveries: list[Delivery]) -> bytes:
-    return wire.pull_fields([d.message.head for d in deliveries], [d.attempt for d in deliveries])
+    return wire.pull_fields([d.head for d in deliveries], [d.attempt for d in deliveries])
 
 
 class PullWaiter(Pending):

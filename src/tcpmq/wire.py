@@ -305,6 +305,11 @@ def encode_message_head(
     )
 
 
+def head_id(head: bytes) -> int:
+    """The id of a message head made by `encode_message_head`: `{"id":<id>,...`."""
+    return int(head[6 : head.index(b",", 6)])
+
+
 def pull_fields(heads: list[bytes], attempts: list[int]) -> bytes:
     """The encoded result fields of a pull reply, spliced from stored message bytes."""
     if not heads:

@@ -78,9 +78,8 @@ class Replay:
                 return  # dropped later; its records are dead
             queues = [queue.messages for queue in channel.queues.values()]
             for message_id, head in messages:
-                message = Message(message_id, head)
                 for held in queues:
-                    held[message_id] = message
+                    held[message_id] = head
             if messages:
                 channel.next_id = max(channel.next_id, messages[-1][0] + 1)
                 channel.published += len(messages)
@@ -123,7 +122,7 @@ class Replay:
             channel_uid, messages = decode_messages(body)
             table = self._tables.setdefault(channel_uid, {})
             for message_id, head in messages:
-                table[message_id] = Message(message_id, head)
+                table[message_id] = head
         elif kind is RecordType.CONTENT:
             queue_uid, ids = decode_ids(body)
             queue = self.queues[queue_uid]
@@ -164,7 +163,7 @@ class Replay:
                 )
                 # Ids arrive in publish order, so the dict is already in id order.
                 queue.fresh = deque(queue_state.messages.values())
-                queue.ready_bytes = sum(len(m.head) for m in queue.fresh)
+                queue.ready_bytes = sum(map(len, queue.fresh))
                 held_total += len(queue.fresh)
                 channel.queues[queue.name] = queue
             broker.channels[name] = channel

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..broker import Broker, Message
+from ..wire import head_id
 from .log import fsync_directory
 from .records import Kind, RecordType, encode_ids, encode_json, encode_messages, header
 
@@ -84,7 +85,7 @@ def write_snapshot(directory: Path, state: Capture) -> int:
             table: dict[int, bytes] = {}
             for queue in channel.queues:
                 for message in queue.messages:
-                    table[message.id] = message.head
+                    table[head_id(message)] = message
             ids = sorted(table)
             for start in range(0, len(ids), MESSAGES_PER_RECORD):
                 chunk = [(i, table[i]) for i in ids[start : start + MESSAGES_PER_RECORD]]
@@ -95,7 +96,7 @@ def write_snapshot(directory: Path, state: Capture) -> int:
                 assert isinstance(queue_uid, int)
                 out.write(encode_json(RecordType.QUEUE, queue.record))
                 counts["queues"] += 1
-                held = [message.id for message in queue.messages]
+                held = [head_id(message) for message in queue.messages]
                 for start in range(0, len(held), IDS_PER_RECORD):
                     chunk_ids = held[start : start + IDS_PER_RECORD]
                     out.write(encode_ids(RecordType.CONTENT, queue_uid, chunk_ids))

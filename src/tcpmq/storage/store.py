@@ -81,8 +81,8 @@ class DiskStore:
     def queue_dropped(self, queue: Queue) -> None:
         self._append(encode_uid(RecordType.QUEUE_DROP, queue.uid))
 
-    def published(self, channel: Channel, messages: list[Message]) -> None:
-        pairs = [(message.id, message.head) for message in messages]
+    def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None:
+        pairs = list(enumerate(messages, first_id))
         self._append(encode_messages(RecordType.PUBLISH, channel.uid, pairs))
 
     def acked(self, queue: Queue, ids: list[int]) -> None:
