@@ -13,6 +13,7 @@ from pathlib import Path
 
 READY = re.compile(rb"tcpmq listening on (\S+):(\d+)")
 STARTUP_TIMEOUT = 30.0
+CLI_TIMEOUT = 60.0
 
 
 @dataclass
@@ -67,6 +68,22 @@ async def serve(data_dir: Path, *args: str, **env: str) -> AsyncIterator[ServePr
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run `tcpmq ARGS` to its end; returns (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tcpmq",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 async def _discard(stream: asyncio.StreamReader) -> None:

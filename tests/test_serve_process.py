@@ -6,13 +6,12 @@ import asyncio
 import re
 import signal
 import stat
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
-from processes import clean_env, serve
+from processes import run_cli, serve
 
 CREATED = re.compile(rb"created user 'admin' with password (\S+)")
 
@@ -26,21 +25,6 @@ async def call(host: str, port: int, *requests: dict[str, object]) -> list[dict[
         return [orjson.loads(await asyncio.wait_for(reader.readline(), 10)) for _ in requests]
     finally:
         writer.close()
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tcpmq",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def mode(path: Path) -> int:

@@ -5,32 +5,12 @@ Everything runs as real processes on a store written by a real server.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 from conftest import ADMIN_PASSWORD
-from processes import clean_env, serve
+from processes import run_cli, serve
 from tcpmq.client import connect
 from test_storage import _flip_byte_in_first_publish, _three_publish_records, drain, store_dir
-
-TIMEOUT = 60.0
-
-
-async def tcpmq(*args: str) -> tuple[int, str, str]:
-    """Run `tcpmq ARGS` to the end; returns (exit code, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tcpmq",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_serve_refuses_a_damaged_store_with_one_line_naming_file_and_offset(
@@ -39,7 +19,7 @@ async def test_serve_refuses_a_damaged_store_with_one_line_naming_file_and_offse
     data = tmp_path / "data"
     await _three_publish_records(data)
     segment, offset = _flip_byte_in_first_publish(data)
-    code, _, err = await tcpmq("serve", "--port", "0", "--data-dir", str(data))
+    code, _, err = await run_cli("serve", "--port", "0", "--data-dir", str(data))
     assert code == 1
     assert "Traceback" not in err
     refusal = [line for line in err.splitlines() if line.startswith("tcpmq: the store is damaged")]
@@ -52,24 +32,24 @@ async def test_check_reports_the_damage_and_repair_lets_the_broker_start(tmp_pat
     data = tmp_path / "data"
     await _three_publish_records(data)
 
-    code, out, err = await tcpmq("check", "--data-dir", str(data))
+    code, out, err = await run_cli("check", "--data-dir", str(data))
     assert (code, err) == (0, "")
     assert "3 messages intact" in out and out.rstrip().endswith(": ok")
 
     segment, offset = _flip_byte_in_first_publish(data)
     damaged = segment.read_bytes()
-    code, out, err = await tcpmq("check", "--data-dir", str(data))
+    code, out, err = await run_cli("check", "--data-dir", str(data))
     assert code == 1
     assert f"damaged: {segment}: offset {offset}:" in out
     assert "tcpmq repair" in err
     assert segment.read_bytes() == damaged  # check changes nothing
 
-    code, out, err = await tcpmq("repair", "--data-dir", str(data))
+    code, out, err = await run_cli("repair", "--data-dir", str(data))
     assert (code, err) == (0, "")
     assert f"repaired {segment.name}" in out
     assert (store_dir(data) / "damaged" / segment.name).exists()
 
-    code, out, _ = await tcpmq("check", "--data-dir", str(data))
+    code, out, _ = await run_cli("check", "--data-dir", str(data))
     assert code == 0 and "2 messages intact" in out
 
     async with (
@@ -80,8 +60,8 @@ async def test_check_reports_the_damage_and_repair_lets_the_broker_start(tmp_pat
 
 
 async def test_check_on_a_directory_without_a_store_fails(tmp_path: Path) -> None:
-    code, out, _ = await tcpmq("check", "--data-dir", str(tmp_path / "nothing"))
+    code, out, _ = await run_cli("check", "--data-dir", str(tmp_path / "nothing"))
     assert code == 1
     assert "no store here" in out
-    code, _, err = await tcpmq("repair", "--data-dir", str(tmp_path / "nothing"))
+    code, _, err = await run_cli("repair", "--data-dir", str(tmp_path / "nothing"))
     assert code == 1 and "no store here" in err and "Traceback" not in err
