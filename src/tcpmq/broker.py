@@ -400,15 +400,19 @@ class Broker:
         """
         channel = self.channel(channel_name)
         first = channel.next_id
-        messages = [
-            encode_message_head(first + i, data, published_at, publisher)
-            for i, data in enumerate(datas)
-        ]
+        if len(datas) == 1:
+            # The common case, without the cost of a comprehension.
+            messages = [encode_message_head(first, datas[0], published_at, publisher)]
+        else:
+            messages = [
+                encode_message_head(first + i, data, published_at, publisher)
+                for i, data in enumerate(datas)
+            ]
         size = sum(map(len, messages))
         queues = channel.queues.values()
         limits = self.limits
         for queue in queues:
-            if queue.depth + len(messages) > limits.max_queue_messages:
+            if len(queue.fresh) + len(queue.retry) + len(messages) > limits.max_queue_messages:
                 raise LimitExceeded(
                     f"queue {queue.name!r} is full",
                     limit="max_queue_messages",

@@ -113,6 +113,20 @@ def encode_messages(kind: RecordType, owner_uid: int, messages: list[tuple[int, 
     return frame(b"".join(parts))
 
 
+# A PUBLISH record of one message, packed in one go: the common case.
+_PUBLISH_ONE = struct.Struct("<BQIQI")
+
+
+def encode_publish(channel_uid: int, first_id: int, messages: list[bytes]) -> bytes:
+    """A PUBLISH record: stored heads of one channel, with ids from `first_id` on."""
+    if len(messages) == 1:
+        head = messages[0]
+        return frame(
+            _PUBLISH_ONE.pack(RecordType.PUBLISH, channel_uid, 1, first_id, len(head)) + head
+        )
+    return encode_messages(RecordType.PUBLISH, channel_uid, list(enumerate(messages, first_id)))
+
+
 def encode_ids(kind: RecordType, owner_uid: int, ids: list[int]) -> bytes:
     """An ACK or CONTENT record: message ids of one queue."""
     count = len(ids)

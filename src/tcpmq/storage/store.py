@@ -18,7 +18,7 @@ from pathlib import Path
 from ..broker import Broker, Channel, Message, Queue
 from ..config import StorageConfig
 from .log import FsyncPolicy, LogWriter
-from .records import RecordType, encode_ids, encode_json, encode_messages, encode_uid
+from .records import RecordType, encode_ids, encode_json, encode_publish, encode_uid
 from .recovery import Recovered, list_files, recover
 from .snapshot import capture, write_snapshot
 
@@ -82,8 +82,7 @@ class DiskStore:
         self._append(encode_uid(RecordType.QUEUE_DROP, queue.uid))
 
     def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None:
-        pairs = list(enumerate(messages, first_id))
-        self._append(encode_messages(RecordType.PUBLISH, channel.uid, pairs))
+        self._append(encode_publish(channel.uid, first_id, messages))
 
     def acked(self, queue: Queue, ids: list[int]) -> None:
         self._append(encode_ids(RecordType.ACK, queue.uid, ids))
