@@ -41,7 +41,7 @@ from .errors import (
     Unauthenticated,
 )
 from .frame import FrameDecoder
-from .ops import HANDLERS
+from .ops import FAST_HANDLERS, HANDLERS
 from .pending import Pending
 from .users import User
 
@@ -78,8 +78,6 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
-        # The journal position the replies in _out need on disk before they go.
-        self._out_lsn = 0
         self._store = server.store
         # Replies waiting for the disk: (journal position, lines), oldest first.
         self._held: deque[tuple[int, list[bytes]]] = deque()
@@ -190,10 +188,15 @@ class Session(asyncio.Protocol):
             request = wire.parse_frame(frame)
             head = wire.take_id(request)
             op = wire.take_op(request)
-            allowed = _ALLOWED[self.state]
-            if allowed is not None and op not in allowed:
-                raise Unauthenticated("authenticate first with auth or login")
-            result = HANDLERS[op](self, wire.decode_fields(op, request))
+            # READY admits every op: skip the table lookup (an Enum hash) there.
+            if self.state is not State.READY:
+                allowed = _ALLOWED[self.state]
+                if allowed is not None and op not in allowed:
+                    raise Unauthenticated("authenticate first with auth or login")
+            fast = FAST_HANDLERS.get(op)
+            result = None if fast is None else fast(self, request)
+            if result is None:  # no fast path, or it declined these fields
+                result = HANDLERS[op](self, wire.decode_fields(op, request))
         except TcpmqError as exc:
             self._out.append(wire.reply_error(head, exc))
             return
@@ -219,7 +222,6 @@ class Session(asyncio.Protocol):
             self._out.append(wire.reply_error(self._pending_head, outcome))
         else:
             self._out.append(wire.reply_ok(self._pending_head, outcome))
-        self._out_lsn = self._store.appended
         # This may run inside another connection's publish: reply now, but
         # handle this connection's backlog on a fresh stack, never re-entering
         # the broker from within one of its own calls.
@@ -251,7 +253,6 @@ class Session(asyncio.Protocol):
                 return
             self._backlog_bytes -= len(frame)
             self._handle(frame)
-            self._out_lsn = self._store.appended
             if self._out_bytes >= flush_at:
                 # Writing may pause us (pause_writing runs inside write), so a
                 # client that does not read cannot make us build replies forever.
@@ -267,11 +268,14 @@ class Session(asyncio.Protocol):
         held = self._held
         if out:
             self._out = []
-            if not held and self._out_lsn <= self._store.durable:
+            # The replies in _out were all made since the last flush: the log
+            # as appended so far holds every record they need on disk.
+            position = self._store.appended
+            if not held and position <= self._store.durable:
                 self._out_bytes = 0
                 self._write(out)
                 return
-            held.append((self._out_lsn, out))
+            held.append((position, out))
             self._held_bytes += self._out_bytes
             self._out_bytes = 0
         if not held:
@@ -350,7 +354,6 @@ class Session(asyncio.Protocol):
         """
         self._held.clear()
         self._out = [wire.bye(reason)]
-        self._out_lsn = 0
         self._close_when_sent = False
         transport = self._transport
         if transport is not None and not transport.is_closing():

@@ -297,17 +297,37 @@ def encode_message_head(
     Built once at publish; each delivery appends `<attempt>}`. `publisher` is
     the publisher's name already JSON-encoded.
     """
-    return b'{"id":%d,"data":%b,"published_at":%r,"publisher":%b,"attempt":' % (
+    return b'{"id":%d,"data":%b,"published_at":%b,"publisher":%b,"attempt":' % (
         message_id,
         data,
-        round(published_at, 6),
+        encode_timestamp(published_at),
         publisher,
     )
+
+
+def encode_timestamp(seconds: float) -> bytes:
+    """`seconds` to the microsecond, as JSON: the digits of `repr(round(seconds, 6))`.
+
+    Formatting with "%.6f" and dropping trailing zeros gives the same digits
+    (for any time before 2106) at a third of the cost, once per message.
+    """
+    text = b"%.6f" % seconds
+    text = text.rstrip(b"0")
+    return text + b"0" if text.endswith(b".") else text
 
 
 def head_id(head: bytes) -> int:
     """The id of a message head made by `encode_message_head`: `{"id":<id>,...`."""
     return int(head[6 : head.index(b",", 6)])
+
+
+def publish_fields(first_id: int, count: int, queues: int) -> bytes:
+    """The encoded result fields of a publish reply (ids `first_id` onwards)."""
+    if count == 1:
+        ids = b"%d" % first_id
+    else:
+        ids = b",".join([b"%d" % i for i in range(first_id, first_id + count)])
+    return b'"message_ids":[%b],"queues":%d}' % (ids, queues)
 
 
 def pull_fields(heads: list[bytes], attempts: list[int]) -> bytes:
