@@ -6,13 +6,16 @@ current segment file with one `write`. Positions are counted in bytes over
 the whole log (`appended`), so "is this reply's record on disk?" is one
 comparison with `durable`.
 
-Group commit (policy `always`): one worker thread runs `fdatasync` for all
-bytes written so far; whatever is appended while it runs goes into the next
-sync, started the moment the previous one ends. However many connections
-publish at once, each sync covers all of them, and a reply waits at most
-for the sync in progress plus its own. With `interval` the thread syncs
-every `fsync_interval` seconds and replies do not wait; with `never` the OS
-decides when data reaches the disk.
+Group commit (policy `always`): one thread of our own runs `fdatasync` for
+all bytes written so far; whatever is appended while it runs goes into the
+next sync, which the thread starts the moment the previous one ends, without
+a round trip through the event loop. However many connections publish at
+once, each sync covers all of them, and a reply waits at most for the sync
+in progress plus its own. The thread tells the loop of each finished sync
+with one `call_soon_threadsafe`, and the loop wakes it only when it is idle:
+on this path every thread switch costs more than the Python around it.
+With `interval` the thread syncs every `fsync_interval` seconds and replies
+do not wait; with `never` the OS decides when data reaches the disk.
 
 A segment is sealed once it exceeds `segment_bytes`; the next one starts
 with the next sequence number. Sealed segments are deleted when a snapshot
@@ -22,11 +25,12 @@ with the next sequence number. Sealed segments are deleted when a snapshot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .records import Kind, header
@@ -88,18 +92,27 @@ class LogWriter:
         #: Bytes appended since start (buffered or written); a record's position.
         self.appended = 0
         self._written = 0
-        self._synced = 0
-        # Files written since the last sync began, and sealed ones to close after it.
+        self._synced = 0  # as the loop knows it (the sync thread reports each sync)
+        # Shared with the sync thread, under _lock: files written since the
+        # last sync began, sealed ones to close after it, whether a file was
+        # created, how far the thread is asked to sync, and how far it began.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._dirty: set[int] = set()
         self._to_close: list[int] = []
         self._new_files = False
-        self._syncing = False
+        self._requested = 0
+        self._started = 0
+        self._idle = False
+        self._stopping = False
         self._waiters: list[Callable[[], None]] = []
         self._failed: BaseException | None = None
         self._closed = False
         #: Completed fsync rounds (each may cover many replies: group commit).
         self.syncs = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tcpmq-fsync")
+        self._exited = self._loop.create_future()
+        self._thread = threading.Thread(target=self._sync_loop, name="tcpmq-fsync", daemon=True)
+        self._thread.start()
         self._interval_timer: asyncio.TimerHandle | None = None
         if policy is FsyncPolicy.INTERVAL:
             self._interval_timer = self._loop.call_later(fsync_interval, self._tick, fsync_interval)
@@ -147,11 +160,12 @@ class LogWriter:
             return
         self._written += len(data)
         self._segment_size += len(data)
-        self._dirty.add(self._fd)
+        with self._lock:
+            self._dirty.add(self._fd)
         if self._segment_size >= self._segment_bytes:
             self._start_segment()
         if self.policy is FsyncPolicy.ALWAYS:
-            self._start_sync()
+            self._request_sync()
 
     def _start_segment(self) -> None:
         try:
@@ -159,38 +173,72 @@ class LogWriter:
         except OSError as exc:
             self._fail(exc)
             return
-        self._to_close.append(self._fd)
+        with self._lock:
+            self._to_close.append(self._fd)
+            self._dirty.add(fd)
+            self._new_files = True
         self._fd = fd
         self.seq += 1
         self._segment_size = os.fstat(fd).st_size
-        self._dirty.add(fd)
-        self._new_files = True
         if self.policy is FsyncPolicy.NEVER:
             self._close_sealed()
 
     def _close_sealed(self) -> None:
-        for fd in self._to_close:
-            self._dirty.discard(fd)
+        with self._lock:
+            to_close, self._to_close = self._to_close, []
+            self._dirty.difference_update(to_close)
+        for fd in to_close:
             os.close(fd)
-        self._to_close.clear()
 
     # -- syncing ------------------------------------------------------------
 
-    def _start_sync(self) -> None:
-        if self._syncing or self._failed is not None or self._written == self._synced:
-            return
-        self._syncing = True
-        target = self._written
-        fds = list(self._dirty)
-        to_close = self._to_close
-        self._to_close = []
-        self._dirty = set()
-        new_files, self._new_files = self._new_files, False
-        future = self._loop.run_in_executor(self._executor, self._sync, fds, to_close, new_files)
-        future.add_done_callback(lambda done: self._synced_to(target, done))
+    def _request_sync(self) -> None:
+        """Ask the sync thread to sync everything written so far."""
+        with self._lock:
+            if self._requested < self._written:
+                self._requested = self._written
+                if self._idle:
+                    self._wake.notify()
+
+    def _sync_loop(self) -> None:
+        # The sync thread: sync whatever was asked for, as soon as the last
+        # sync ends; when stopping, one last round for whatever is dirty.
+        try:
+            while self._sync_round():
+                pass
+        finally:
+            self._report(self._thread_exited)
+
+    def _sync_round(self) -> bool:
+        # Runs in the sync thread; False once it should end.
+        with self._lock:
+            while self._requested == self._started and not self._stopping:
+                self._idle = True
+                self._wake.wait()
+            self._idle = False
+            last = self._stopping
+            if last and self._requested == self._started and not self._dirty:
+                return False
+            target = self._started = self._requested
+            fds = list(self._dirty)
+            self._dirty.clear()
+            to_close, self._to_close = self._to_close, []
+            new_files, self._new_files = self._new_files, False
+        try:
+            self._sync(fds, to_close, new_files)
+        except OSError as exc:
+            self._report(self._fail, exc)
+            return False
+        self._report(self._synced_to, target)
+        return not last
+
+    def _report(self, callback: Callable[..., None], *args: object) -> None:
+        # From the sync thread to the loop, unless the loop has already closed.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
 
     def _sync(self, fds: list[int], to_close: list[int], new_files: bool) -> None:
-        # Runs in the fsync thread.
+        # Runs in the sync thread.
         for fd in fds:
             os.fdatasync(fd)
         if new_files:
@@ -198,24 +246,21 @@ class LogWriter:
         for fd in to_close:
             os.close(fd)
 
-    def _synced_to(self, target: int, done: asyncio.Future[None]) -> None:
-        self._syncing = False
-        if done.cancelled():
-            return
-        exc = done.exception()
-        if exc is not None:
-            self._fail(exc)
+    def _thread_exited(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    def _synced_to(self, target: int) -> None:
+        if self._failed is not None or target <= self._synced:
             return
         self._synced = target
         self.syncs += 1
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
-        if self.policy is FsyncPolicy.ALWAYS:
-            self._start_sync()
 
     def _tick(self, interval: float) -> None:
-        self._start_sync()
+        self._request_sync()
         self._interval_timer = self._loop.call_later(interval, self._tick, interval)
 
     def _fail(self, exc: BaseException) -> None:
@@ -239,28 +284,16 @@ class LogWriter:
         if self._interval_timer is not None:
             self._interval_timer.cancel()
         self._flush()
-        if self._syncing:
-            done = self._loop.create_future()
-
-            def wake() -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            self._waiters.append(wake)
-            await done
-        if self._failed is None:
-            fds = list(self._dirty)
-            try:
-                await self._loop.run_in_executor(
-                    self._executor, self._sync, fds, [], self._new_files
-                )
-                self._synced = self._written
-            except OSError as exc:
-                self._fail(exc)
+        with self._lock:
+            # The sync thread's last round: everything written, then it ends.
+            self._requested = self._written
+            self._stopping = True
+            self._wake.notify()
+        await self._exited
+        self._thread.join()
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
         for fd in {*self._to_close, self._fd}:
             os.close(fd)
         self._to_close.clear()
-        self._executor.shutdown(wait=True)
