@@ -18,7 +18,7 @@ from . import wire
 from .auth import DUMMY_HASH
 from .broker import Delivery, Queue
 from .errors import AlreadyExists, AuthFailed, BadRequest, Forbidden, TcpmqError
-from .pending import Pending, Result
+from .pending import Outcome, Pending, Result
 from .users import User
 
 if TYPE_CHECKING:
@@ -230,19 +230,64 @@ def op_publish(session: Session, request: wire.PublishRequest) -> Result:
     return _publish(session, request.channel, datas)
 
 
-def fast_publish(session: Session, fields: dict[str, Any]) -> Result | None:
-    """Publish one `data` to an existing channel without the request model; None declines.
+def one_message_publish(session: Session, fields: dict[str, Any]) -> tuple[str, bytes] | None:
+    """The channel and encoded data of a publish of one `data` to an existing channel.
 
     Nearly every publish has this shape, and checking the shape is all the
     validation it needs: a channel that exists has a valid name, and any JSON
-    value is valid data. Every other shape (and every error) takes `op_publish`.
+    value is valid data. Returns None for every other shape, which takes the
+    validated path (`op_publish`), errors included.
     """
     if len(fields) != 2 or "data" not in fields:
         return None
     channel = fields.get("channel")
     if type(channel) is not str or channel not in session.server.broker.channels:
         return None
-    return _publish(session, channel, [wire.encode_data(fields["data"])])
+    return channel, wire.encode_data(fields["data"])
+
+
+class PublishRun:
+    """One-message publishes to one channel, read together, published as one batch.
+
+    A client that pipelines publishes sends them in runs, and publishing a run
+    at once (one id range, one journal record, one timestamp, one wake of the
+    waiting pulls) costs a fraction of publishing each alone. The session ends
+    a run before it handles any other request, so every effect still happens
+    in request order, and each publish gets its own reply. If the batch would
+    overflow a queue they are published one by one instead, so each gets the
+    result it would have had alone.
+    """
+
+    __slots__ = ("channel", "datas", "heads", "size")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.datas: list[bytes] = []
+        self.heads: list[bytes] = []  # each request's reply head (its id)
+        self.size = 0
+
+    def add(self, head: bytes, data: bytes) -> None:
+        self.heads.append(head)
+        self.datas.append(data)
+        self.size += len(data)
+
+    def publish(self, session: Session) -> list[Outcome]:
+        """Publish the run; the outcome of each publish, in order."""
+        server = session.server
+        datas = self.datas
+        try:
+            ids, queues = server.broker.publish(
+                self.channel, datas, session.user_json, time.time(), server.now()
+            )
+        except TcpmqError:
+            outcomes: list[Outcome] = []
+            for data in datas:
+                try:
+                    outcomes.append(_publish(session, self.channel, [data]))
+                except TcpmqError as exc:
+                    outcomes.append(exc)
+            return outcomes
+        return [wire.publish_fields(first, 1, queues) for first in ids]
 
 
 def _publish(session: Session, channel: str, datas: list[bytes]) -> Result:
@@ -333,9 +378,7 @@ FastHandler = Callable[["Session", dict[str, Any]], Result | Pending | None]
 
 #: Fast paths for the ops of the hot path, for the shapes their requests
 #: nearly always have (see each one).
-FAST_HANDLERS: dict[str, FastHandler] = {
-    "publish": fast_publish,
-}
+FAST_HANDLERS: dict[str, FastHandler] = {}
 
 HANDLERS: dict[str, Handler] = {
     "ping": op_ping,

@@ -9,6 +9,11 @@ replies keep request order, and while the transport's write buffer is above
 `max_pipeline_bytes`, or writing is paused, reading pauses too: a client that
 floods requests or does not read its replies only slows itself.
 
+Consecutive one-message publishes to one channel form a *run* that is
+published as one batch when the next other request comes, or when the
+frames read so far are handled (see ops.PublishRun): pipelined publishers
+cost a fraction per message, and replies still leave one per request, in order.
+
 Durability: no reply leaves before the journal records written up to the
 moment it was made are durable (see storage/log.py). Replies that must wait
 are held in `_held` tagged with that log position and go out, in order, as
@@ -41,7 +46,7 @@ from .errors import (
     Unauthenticated,
 )
 from .frame import FrameDecoder
-from .ops import FAST_HANDLERS, HANDLERS
+from .ops import FAST_HANDLERS, HANDLERS, PublishRun, one_message_publish
 from .pending import Pending
 from .users import User
 
@@ -89,6 +94,8 @@ class Session(asyncio.Protocol):
         self._backlog: deque[bytes | None] = deque()
         self._backlog_bytes = 0
         self._pending: Pending | None = None
+        # One-message publishes read but not yet published (see _join_run).
+        self._run: PublishRun | None = None
         self._pending_head = b""
         self._reading_paused = False
         self._writing_paused = False
@@ -193,15 +200,24 @@ class Session(asyncio.Protocol):
                 allowed = _ALLOWED[self.state]
                 if allowed is not None and op not in allowed:
                     raise Unauthenticated("authenticate first with auth or login")
+            if op == "publish":
+                one = one_message_publish(self, request)
+                if one is not None:
+                    self._join_run(head, *one)
+                    return
+            # Whatever this request does or answers comes after the run before it.
+            self._end_run()
             fast = FAST_HANDLERS.get(op)
             result = None if fast is None else fast(self, request)
             if result is None:  # no fast path, or it declined these fields
                 result = HANDLERS[op](self, wire.decode_fields(op, request))
         except TcpmqError as exc:
+            self._end_run()
             self._out.append(wire.reply_error(head, exc))
             return
         except Exception:
             log.exception("internal error handling a request from %s", self.peer)
+            self._end_run()
             self._out.append(wire.reply_error(head, InternalError("internal server error")))
             return
         if isinstance(result, Pending):
@@ -212,6 +228,43 @@ class Session(asyncio.Protocol):
             reply = wire.reply_ok(head, result)
             self._out.append(reply)
             self._out_bytes += len(reply)
+
+    def _join_run(self, head: bytes, channel: str, data: bytes) -> None:
+        """Add a one-message publish to the run of them being read (see ops.PublishRun)."""
+        run = self._run
+        if run is not None and (
+            run.channel != channel
+            or len(run.datas) >= self._limits.max_batch
+            or run.size + len(data) > self._limits.max_frame_bytes
+        ):
+            # A run is bounded like one batch publish (and its journal record).
+            self._end_run()
+            run = None
+        if run is None:
+            run = self._run = PublishRun(channel)
+        run.add(head, data)
+
+    def _end_run(self) -> None:
+        """Publish the run of one-message publishes, if any, and queue their replies."""
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        try:
+            outcomes = run.publish(self)
+        except Exception:
+            log.exception("internal error publishing for %s", self.peer)
+            outcomes = [InternalError("internal server error")] * len(run.heads)
+        out = self._out
+        size = 0
+        for head, outcome in zip(run.heads, outcomes, strict=True):
+            if isinstance(outcome, TcpmqError):
+                reply = wire.reply_error(head, outcome)
+            else:
+                reply = wire.reply_ok(head, outcome)
+            out.append(reply)
+            size += len(reply)
+        self._out_bytes += size
 
     def _pending_done(self, pending: Pending) -> None:
         if pending is not self._pending:
@@ -240,6 +293,12 @@ class Session(asyncio.Protocol):
 
     def _drain_backlog(self) -> None:
         """Handle queued frames until one must wait: for a pending reply or a full write buffer."""
+        try:
+            self._drain_frames()
+        finally:
+            self._end_run()
+
+    def _drain_frames(self) -> None:
         backlog = self._backlog
         flush_at = self._limits.write_buffer_high
         while backlog and self._pending is None and not self._must_wait_for_client():
@@ -248,6 +307,7 @@ class Session(asyncio.Protocol):
             frame = backlog.popleft()
             if frame is None:
                 error = self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
+                self._end_run()
                 self._out.append(wire.reply_error(b"", error))
                 self.close(None)
                 return
