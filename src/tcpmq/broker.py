@@ -49,7 +49,7 @@ from typing import Protocol
 
 from .config import Limits
 from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
-from .wire import encode_message_head, head_id
+from .wire import encode_message_head, encode_timestamp, head_id
 
 #: A queued message: its encoded head (see `wire.encode_message_head`), shared
 #: by every queue of its channel.
@@ -191,15 +191,17 @@ class Queue:
                 return delivery
         return None
 
-    def admit(self, delivery: Delivery) -> None:
-        """Put a delivery in flight, starting a new lane if the timeout was lowered."""
+    def lane(self) -> dict[int, Delivery]:
+        """The lane for deliveries made now: a new one if the timeout was lowered.
+
+        Put a delivery in flight by adding it there and counting it in `inflight_count`.
+        """
         lanes = self.lanes
         if not lanes or self.ack_timeout < self.lane_timeout:
             if not lanes or lanes[-1]:
                 lanes.append({})
             self.lane_timeout = self.ack_timeout
-        lanes[-1][delivery.id] = delivery
-        self.inflight_count += 1
+        return lanes[-1]
 
     def record(self) -> dict[str, object]:
         """What the journal keeps of the queue (see storage)."""
@@ -400,12 +402,13 @@ class Broker:
         """
         channel = self.channel(channel_name)
         first = channel.next_id
+        stamp = encode_timestamp(published_at)
         if len(datas) == 1:
             # The common case, without the cost of a comprehension.
-            messages = [encode_message_head(first, datas[0], published_at, publisher)]
+            messages = [encode_message_head(first, datas[0], stamp, publisher)]
         else:
             messages = [
-                encode_message_head(first + i, data, published_at, publisher)
+                encode_message_head(first + i, data, stamp, publisher)
                 for i, data in enumerate(datas)
             ]
         size = sum(map(len, messages))
@@ -531,28 +534,32 @@ class Broker:
         budget = self.limits.max_frame_bytes - 256
         retry = queue.retry
         fresh = queue.fresh
+        # Every delivery of one pull has the same deadline, so the same lane.
+        lane = queue.lane() if retry or fresh else {}
         taken: list[Delivery] = []
+        size = 0
         while len(taken) < count:
             if retry:
-                cost = len(retry[0][2]) + 24
-                if taken and cost > budget:
+                message = retry[0][2]
+                if taken and len(message) + 24 > budget:
                     break
-                _, attempts, message = heapq.heappop(retry)
-                queue.ready_bytes -= len(message)
+                attempts = heapq.heappop(retry)[1]
                 delivery = Delivery(message, attempts + 1, deadline)
             elif fresh:
-                cost = len(fresh[0]) + 24
-                if taken and cost > budget:
+                message = fresh[0]
+                if taken and len(message) + 24 > budget:
                     break
-                message = fresh.popleft()
-                queue.ready_bytes -= len(message)
+                fresh.popleft()
                 delivery = Delivery(message, 1, deadline)
             else:
                 break
-            budget -= cost
-            queue.admit(delivery)
+            budget -= len(message) + 24
+            size += len(message)
+            lane[delivery.id] = delivery
             taken.append(delivery)
         if taken:
+            queue.ready_bytes -= size
+            queue.inflight_count += len(taken)
             self._schedule(queue, deadline)
         return taken
 

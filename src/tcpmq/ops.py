@@ -18,7 +18,7 @@ from . import wire
 from .auth import DUMMY_HASH
 from .broker import Delivery, Queue
 from .errors import AlreadyExists, AuthFailed, BadRequest, Forbidden, TcpmqError
-from .pending import Outcome, Pending, Result
+from .pending import Pending, Result
 from .users import User
 
 if TYPE_CHECKING:
@@ -271,23 +271,26 @@ class PublishRun:
         self.datas.append(data)
         self.size += len(data)
 
-    def publish(self, session: Session) -> list[Outcome]:
-        """Publish the run; the outcome of each publish, in order."""
+    def replies(self, session: Session) -> list[bytes]:
+        """Publish the run; the reply line of each publish, in order."""
         server = session.server
-        datas = self.datas
+        heads = self.heads
         try:
             ids, queues = server.broker.publish(
-                self.channel, datas, session.user_json, time.time(), server.now()
+                self.channel, self.datas, session.user_json, time.time(), server.now()
             )
         except TcpmqError:
-            outcomes: list[Outcome] = []
-            for data in datas:
+            replies = []
+            for head, data in zip(heads, self.datas, strict=True):
                 try:
-                    outcomes.append(_publish(session, self.channel, [data]))
+                    replies.append(wire.reply_ok(head, _publish(session, self.channel, [data])))
                 except TcpmqError as exc:
-                    outcomes.append(exc)
-            return outcomes
-        return [wire.publish_fields(first, 1, queues) for first in ids]
+                    replies.append(wire.reply_error(head, exc))
+            return replies
+        reply = wire.publish_reply
+        return [
+            reply(head, message_id, queues) for head, message_id in zip(heads, ids, strict=True)
+        ]
 
 
 def _publish(session: Session, channel: str, datas: list[bytes]) -> Result:

@@ -251,20 +251,13 @@ class Session(asyncio.Protocol):
             return
         self._run = None
         try:
-            outcomes = run.publish(self)
+            replies = run.replies(self)
         except Exception:
             log.exception("internal error publishing for %s", self.peer)
-            outcomes = [InternalError("internal server error")] * len(run.heads)
-        out = self._out
-        size = 0
-        for head, outcome in zip(run.heads, outcomes, strict=True):
-            if isinstance(outcome, TcpmqError):
-                reply = wire.reply_error(head, outcome)
-            else:
-                reply = wire.reply_ok(head, outcome)
-            out.append(reply)
-            size += len(reply)
-        self._out_bytes += size
+            error = InternalError("internal server error")
+            replies = [wire.reply_error(head, error) for head in run.heads]
+        self._out.extend(replies)
+        self._out_bytes += sum(map(len, replies))
 
     def _pending_done(self, pending: Pending) -> None:
         if pending is not self._pending:

@@ -253,6 +253,11 @@ def reply_ok(head: bytes, result: dict[str, Any] | bytes | None) -> bytes:
     return b'{"ok":true' + head + b"," + result + b"\n"
 
 
+def publish_reply(head: bytes, message_id: int, queues: int) -> bytes:
+    """The reply to a publish of one message, in one formatting step."""
+    return b'{"ok":true%b,"message_ids":[%d],"queues":%d}\n' % (head, message_id, queues)
+
+
 def reply_error(head: bytes, error: TcpmqError) -> bytes:
     return b'{"ok":false' + head + b',"error":' + orjson.dumps(error.to_wire()) + b"}\n"
 
@@ -289,18 +294,17 @@ def encode_data(data: Any) -> bytes:
         raise BadRequest(f"data cannot be encoded: {exc}", field="data") from None
 
 
-def encode_message_head(
-    message_id: int, data: bytes, published_at: float, publisher: bytes
-) -> bytes:
+def encode_message_head(message_id: int, data: bytes, stamp: bytes, publisher: bytes) -> bytes:
     """A delivered message without its attempt number: `{"id":..,"attempt":`.
 
-    Built once at publish; each delivery appends `<attempt>}`. `publisher` is
-    the publisher's name already JSON-encoded.
+    Built once at publish; each delivery appends `<attempt>}`. `stamp` is the
+    publish time made by `encode_timestamp` (once per batch), `publisher` the
+    publisher's name, both already JSON-encoded.
     """
     return b'{"id":%d,"data":%b,"published_at":%b,"publisher":%b,"attempt":' % (
         message_id,
         data,
-        encode_timestamp(published_at),
+        stamp,
         publisher,
     )
 
