@@ -375,14 +375,6 @@ def op_nack(session: Session, request: wire.AckRequest) -> Result:
     return {"requeued": requeued, "unknown": unknown}
 
 
-# Takes the request's fields undecoded; returns None to decline them, and the
-# session then validates them and calls the op's handler in HANDLERS.
-FastHandler = Callable[["Session", dict[str, Any]], Result | Pending | None]
-
-#: Fast paths for the ops of the hot path, for the shapes their requests
-#: nearly always have (see each one).
-FAST_HANDLERS: dict[str, FastHandler] = {}
-
 HANDLERS: dict[str, Handler] = {
     "ping": op_ping,
     "auth": op_auth,

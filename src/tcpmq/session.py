@@ -46,7 +46,7 @@ from .errors import (
     Unauthenticated,
 )
 from .frame import FrameDecoder
-from .ops import FAST_HANDLERS, HANDLERS, PublishRun, one_message_publish
+from .ops import HANDLERS, PublishRun, one_message_publish
 from .pending import Pending
 from .users import User
 
@@ -207,10 +207,7 @@ class Session(asyncio.Protocol):
                     return
             # Whatever this request does or answers comes after the run before it.
             self._end_run()
-            fast = FAST_HANDLERS.get(op)
-            result = None if fast is None else fast(self, request)
-            if result is None:  # no fast path, or it declined these fields
-                result = HANDLERS[op](self, wire.decode_fields(op, request))
+            result = HANDLERS[op](self, wire.decode_fields(op, request))
         except TcpmqError as exc:
             self._end_run()
             self._out.append(wire.reply_error(head, exc))
