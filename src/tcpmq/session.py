@@ -356,7 +356,8 @@ class Session(asyncio.Protocol):
             return
         if self._close_when_sent:
             self._transport.close()
-        elif self.state is not State.CLOSED:
+        elif self.state is not State.CLOSED and (self._backlog or self._reading_paused):
+            # Handling had stopped because too many replies waited for the disk.
             self._resume()
 
     def _update_reading(self) -> None:
