@@ -203,7 +203,8 @@ class Session(asyncio.Protocol):
             if op == "publish":
                 one = one_message_publish(self, request)
                 if one is not None:
-                    self._join_run(head, *one)
+                    channel, data = one  # (a plain call: *one would cost a tuple more)
+                    self._join_run(head, channel, data)
                     return
             # Whatever this request does or answers comes after the run before it.
             self._end_run()
