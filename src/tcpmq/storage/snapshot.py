@@ -16,6 +16,7 @@ queue as a list of ids (CONTENT records), so fan-out does not multiply it.
 
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,25 +82,35 @@ def write_snapshot(directory: Path, state: Capture) -> int:
             assert isinstance(channel_uid, int)
             out.write(encode_json(RecordType.CHANNEL, channel.record))
             counts["channels"] += 1
-            # Each message once, however many queues hold it.
-            table: dict[int, bytes] = {}
-            for queue in channel.queues:
-                for message in queue.messages:
-                    table[head_id(message)] = message
-            ids = sorted(table)
-            for start in range(0, len(ids), MESSAGES_PER_RECORD):
-                chunk = [(i, table[i]) for i in ids[start : start + MESSAGES_PER_RECORD]]
+            # Each message once, however many queues hold it: the queues' lists
+            # are in id order, so a merge brings the copies together. No table
+            # of all ids: the ints made here die at once, so they cannot pin
+            # memory that the broker allocates meanwhile (RSS per message).
+            chunk: list[tuple[int, bytes]] = []
+            previous = -1
+            merged = heapq.merge(*(queue.messages for queue in channel.queues), key=head_id)
+            for message in merged:
+                message_id = head_id(message)
+                if message_id == previous:
+                    continue
+                previous = message_id
+                chunk.append((message_id, message))
+                if len(chunk) == MESSAGES_PER_RECORD:
+                    out.write(encode_messages(RecordType.MESSAGES, channel_uid, chunk))
+                    counts["messages"] += len(chunk)
+                    chunk = []
+            if chunk:
                 out.write(encode_messages(RecordType.MESSAGES, channel_uid, chunk))
-            counts["messages"] += len(ids)
+                counts["messages"] += len(chunk)
             for queue in channel.queues:
                 queue_uid = queue.record["uid"]
                 assert isinstance(queue_uid, int)
                 out.write(encode_json(RecordType.QUEUE, queue.record))
                 counts["queues"] += 1
-                held = [head_id(message) for message in queue.messages]
+                held = queue.messages
                 for start in range(0, len(held), IDS_PER_RECORD):
-                    chunk_ids = held[start : start + IDS_PER_RECORD]
-                    out.write(encode_ids(RecordType.CONTENT, queue_uid, chunk_ids))
+                    ids = [head_id(message) for message in held[start : start + IDS_PER_RECORD]]
+                    out.write(encode_ids(RecordType.CONTENT, queue_uid, ids))
         out.write(encode_json(RecordType.END, {"next_uid": state.next_uid, **counts}))
         out.flush()
         os.fsync(out.fileno())
