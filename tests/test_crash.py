@@ -199,5 +199,6 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 200 rounds take about 100 s; the suite's 60 s is for one test
 async def test_sigkill_soak(tmp_path: Path) -> None:
     await _crash_rounds(tmp_path, rounds=200)
