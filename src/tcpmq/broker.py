@@ -426,14 +426,9 @@ class Broker:
         channel = self.channel(channel_name)
         first = channel.next_id
         stamp = encode_timestamp(published_at)
-        if len(datas) == 1:
-            # The common case, without the cost of a comprehension.
-            messages = [encode_message_head(first, datas[0], stamp, publisher)]
-        else:
-            messages = [
-                encode_message_head(first + i, data, stamp, publisher)
-                for i, data in enumerate(datas)
-            ]
+        messages = [
+            encode_message_head(first + i, data, stamp, publisher) for i, data in enumerate(datas)
+        ]
         size = sum(map(len, messages))
         queues = channel.queues.values()
         limits = self.limits

@@ -327,10 +327,7 @@ def head_id(head: bytes) -> int:
 
 def publish_fields(first_id: int, count: int, queues: int) -> bytes:
     """The encoded result fields of a publish reply (ids `first_id` onwards)."""
-    if count == 1:
-        ids = b"%d" % first_id
-    else:
-        ids = b",".join([b"%d" % i for i in range(first_id, first_id + count)])
+    ids = b",".join([b"%d" % i for i in range(first_id, first_id + count)])
     return b'"message_ids":[%b],"queues":%d}' % (ids, queues)
 
 
