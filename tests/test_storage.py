@@ -8,6 +8,7 @@ damaged by hand between runs.
 from __future__ import annotations
 
 import asyncio
+import os
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,16 @@ from tcpmq.config import Limits
 from tcpmq.server import Server
 from tcpmq.storage import FormatError
 from tcpmq.storage.check import check, repair
-from tcpmq.storage.records import HEADER, Kind, RecordType, encode_ids, header, scan
+from tcpmq.storage.log import FsyncPolicy, LogWriter, create_segment, segment_path
+from tcpmq.storage.records import (
+    HEADER,
+    Kind,
+    RecordType,
+    encode_ids,
+    encode_uid,
+    header,
+    scan,
+)
 from tcpmq.storage.recovery import list_files, recover
 from tcpmq.storage.store import STORE_DIR
 
@@ -220,17 +230,105 @@ async def test_a_torn_last_record_is_cut_at_every_byte_offset(tmp_path: Path) ->
     segment.write_bytes(intact)
 
 
-async def test_a_zero_filled_tail_is_a_torn_write(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    await _three_publish_records(data)
-    segment = last_segment(data)
-    size = segment.stat().st_size
-    with segment.open("ab") as out:
-        out.write(bytes(4096))
+# -- zeros written ahead ----------------------------------------------------------
+
+
+def _copy_store(data: Path, target: Path) -> None:
+    """The store's files as they are this instant: what a crash would leave."""
+    copy = store_dir(target)
+    copy.mkdir(parents=True)
+    for path in store_dir(data).iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+
+
+async def test_a_crash_with_zeros_ahead_of_the_log_recovers_everything_without_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    async with durable_server(data) as server, admin_client(server) as client:
+        await client.channel_create("c")
+        await client.subscribe("c")
+        for n in range(3):
+            await client.publish("c", f"message {n}")
+        _copy_store(data, crashed)
+    segment = last_segment(crashed)
+    content = segment.read_bytes()
+    end = scan(content).end
+    assert len(content) > end and not any(content[end:]), "the writer keeps zeros ahead"
+    assert check(store_dir(crashed)).ok
     broker = Broker(Limits())
-    recover(store_dir(data), broker)
-    assert len(_queued(broker)) == 3
-    assert segment.stat().st_size == size
+    recovered = recover(store_dir(crashed), broker)
+    assert [b'"message %d"' % n in head for n, head in enumerate(_queued(broker))] == [True] * 3
+    assert recovered.torn_bytes == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert segment.stat().st_size == end
+
+
+async def test_segments_sealed_by_size_end_with_their_last_record(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    storage = {"segment_bytes": 8192, "compact_min_bytes": 1 << 30}
+    async with durable_server(data, **storage) as server, admin_client(server) as client:
+        await client.channel_create("c")
+        await client.subscribe("c")
+        for n in range(40):
+            await client.publish_batch("c", [f"{n}-{i}" for i in range(10)])
+        segments = list_files(store_dir(data)).segments
+        assert len(segments) > 3
+        for seq in sorted(segments)[:-1]:
+            content = segments[seq].read_bytes()
+            assert scan(content).end == len(content), seq
+
+
+async def test_rolled_and_closed_segments_are_cut_to_their_records(tmp_path: Path) -> None:
+    # A roll seals the segment early (compaction does it); its zeros must go,
+    # or a crash before the snapshot completes would look like lost records.
+    directory = tmp_path / "store"
+    directory.mkdir()
+    os.close(create_segment(directory, 1))
+    failures: list[BaseException] = []
+    writer = LogWriter(
+        directory,
+        seq=1,
+        size=HEADER.size,
+        policy=FsyncPolicy.ALWAYS,
+        fsync_interval=0.05,
+        segment_bytes=1 << 20,
+        on_failure=failures.append,
+    )
+    record = encode_uid(RecordType.QUEUE_DROP, 1)
+    for _ in range(10):
+        writer.append(record)
+    synced = asyncio.get_running_loop().create_future()
+    writer.when_durable(lambda: synced.set_result(None))
+    await synced
+    first, second = segment_path(directory, 1), segment_path(directory, 2)
+    assert first.stat().st_size > HEADER.size + 10 * len(record)  # zeros ahead
+    assert writer.roll() == 2
+    writer.append(record)
+    await writer.close()
+    assert not failures
+    for path, count in ((first, 10), (second, 1)):
+        content = path.read_bytes()
+        result = scan(content)
+        assert (len(result.records), result.end) == (count, len(content)), path
+
+
+async def test_zeros_at_the_end_of_a_sealed_segment_refuse_the_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    storage = {"segment_bytes": 4096, "compact_min_bytes": 1 << 30}
+    async with durable_server(data, **storage) as server, admin_client(server) as client:
+        await client.channel_create("c")
+        await client.subscribe("c")
+        for n in range(20):
+            await client.publish_batch("c", [f"{n}-{i}" for i in range(10)])
+    segments = list_files(store_dir(data)).segments
+    sealed = segments[min(segments)]
+    size = sealed.stat().st_size
+    with sealed.open("ab") as out:
+        out.write(bytes(4096))  # records lost from the middle of the log look like this
+    with pytest.raises(FormatError, match=f"offset {size}"):
+        recover(store_dir(data), Broker(Limits()))
+    assert not check(store_dir(data)).ok
 
 
 async def test_the_server_starts_after_a_torn_write_and_keeps_going(tmp_path: Path) -> None:

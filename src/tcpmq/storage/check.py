@@ -116,8 +116,8 @@ def check(directory: Path) -> CheckReport:
                     report.problems.append(f"{path}: offset {record_offset}: {reason}")
             file_report.records += len(result.records)
             damage = result.damage
-            if damage is None:
-                break
+            if damage is None or (last and damage.zeros):
+                break  # zeros: space the writer filled ahead, not damage
             if last and damage.torn_tail:
                 file_report.torn_tail = (damage.offset, damage.reason)
                 break
@@ -184,7 +184,7 @@ def _intact_records(data: bytes) -> list[bytes]:
             except (ValueError, KeyError, IndexError):
                 continue  # intact bytes, unusable content: drop the record
             kept.append(frame(bytes((kind,)) + bytes(body)))
-        if result.damage is None:
+        if result.damage is None or result.damage.zeros:
             break
         offset = resync(data, result.damage.offset + 1)
     return kept

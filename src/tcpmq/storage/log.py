@@ -17,6 +17,15 @@ on this path every thread switch costs more than the Python around it.
 With `interval` the thread syncs every `fsync_interval` seconds and replies
 do not wait; with `never` the OS decides when data reaches the disk.
 
+Preallocation: an fdatasync after a write that extends the file must also
+commit the new file size through the filesystem's journal; one after
+overwriting blocks the file already has need not, and takes about half as
+long (0.09 vs 0.15 ms on a virtio disk). So while syncing is on, the writer
+keeps up to `PREALLOCATE_BYTES` of zeros written ahead of its position and
+overwrites them; recovery reads zeros where a record would start as the end
+of the log. A sealed segment and a cleanly closed one are cut to their
+records and synced first, so only the last segment ever ends in zeros.
+
 A segment is sealed once it exceeds `segment_bytes`; the next one starts
 with the next sequence number. Sealed segments are deleted when a snapshot
 (see snapshot.py) covers them.
@@ -33,11 +42,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .records import Kind, header
+from .records import HEADER, Kind, header
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".log"
+
+# How far ahead of its writes the log keeps zeros: large enough that extending
+# the file is rare, small enough that the sync which carries it stays short.
+PREALLOCATE_BYTES = 1024 * 1024
+_ZEROS = memoryview(bytes(PREALLOCATE_BYTES))
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -60,7 +74,7 @@ def fsync_directory(directory: Path) -> None:
 
 
 def create_segment(directory: Path, seq: int) -> int:
-    """Create segment `seq` with its header; returns its fd, open for appending."""
+    """Create segment `seq` with its header; returns its fd, open for writing."""
     fd = os.open(segment_path(directory, seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, header(Kind.LOG, seq))
     return fd
@@ -83,8 +97,11 @@ class LogWriter:
         self.policy = policy
         self.seq = seq
         self._segment_bytes = segment_bytes
-        self._segment_size = size
-        self._fd = os.open(segment_path(directory, seq), os.O_WRONLY | os.O_APPEND)
+        self._segment_size = size  # where the next write goes
+        # Bytes of the file that exist (records, then zeros written ahead).
+        self._allocated = size
+        self._preallocate = policy is not FsyncPolicy.NEVER
+        self._fd = os.open(segment_path(directory, seq), os.O_WRONLY)
         self._loop = asyncio.get_running_loop()
         self._on_failure = on_failure
         self._buffer: list[bytes] = []
@@ -152,9 +169,7 @@ class LogWriter:
         data = b"".join(self._buffer)
         self._buffer.clear()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            _write_at(self._fd, memoryview(data), self._segment_size)
         except OSError as exc:
             self._fail(exc)
             return
@@ -164,11 +179,34 @@ class LogWriter:
             self._dirty.add(self._fd)
         if self._segment_size >= self._segment_bytes:
             self._start_segment()
+        elif self._preallocate and self._allocated - self._segment_size < PREALLOCATE_BYTES // 2:
+            self._write_zeros_ahead()
         if self.policy is FsyncPolicy.ALWAYS:
             self._request_sync()
 
+    def _write_zeros_ahead(self) -> None:
+        start = max(self._allocated, self._segment_size)
+        length = min(PREALLOCATE_BYTES, self._segment_bytes - start)
+        if length <= 0:
+            return
+        try:
+            _write_at(self._fd, _ZEROS[:length], start)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._allocated = start + length
+
+    def _cut_to_records(self) -> None:
+        # Drop the zeros written ahead and make that durable, so that only
+        # the last segment can end in zeros (recovery relies on it).
+        if self._allocated > self._segment_size:
+            os.ftruncate(self._fd, self._segment_size)
+            os.fsync(self._fd)
+        self._allocated = self._segment_size
+
     def _start_segment(self) -> None:
         try:
+            self._cut_to_records()
             fd = create_segment(self.directory, self.seq + 1)
         except OSError as exc:
             self._fail(exc)
@@ -179,7 +217,7 @@ class LogWriter:
             self._new_files = True
         self._fd = fd
         self.seq += 1
-        self._segment_size = os.fstat(fd).st_size
+        self._segment_size = self._allocated = HEADER.size
         if self.policy is FsyncPolicy.NEVER:
             self._close_sealed()
 
@@ -291,9 +329,19 @@ class LogWriter:
             self._wake.notify()
         await self._exited
         self._thread.join()
+        if self._failed is None:
+            with contextlib.suppress(OSError):
+                self._cut_to_records()
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
         for fd in {*self._to_close, self._fd}:
             os.close(fd)
         self._to_close.clear()
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data = data[written:]
+        offset += written

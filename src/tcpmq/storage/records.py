@@ -10,8 +10,10 @@ All integers are little-endian. The CRC-32 covers the payload, so a record
 whose bytes changed is detected. `scan` walks a buffer and stops at the first
 record that is incomplete or fails its checksum, saying where and whether
 that damage can only be a torn write at the end (an incomplete record, or a
-bad last record, or a zero-filled tail) or is corruption with intact data
-after it, which must never be accepted silently.
+bad last record followed by nothing but zeros) or is corruption with intact
+data after it, which must never be accepted silently. Zeros where the next
+record would start are space the log writer filled ahead of its writes
+(see log.py): in the last segment, that is where the log ends.
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ class Damage:
     offset: int
     reason: str
     torn_tail: bool
+    #: Nothing but zeros from `offset` on: the preallocated end of the log.
+    zeros: bool = False
 
 
 @dataclass(slots=True)
@@ -201,10 +205,15 @@ def scan(data: bytes | memoryview, start: int = HEADER.size) -> Scan:
     while offset < size:
         if size - offset < FRAME.size:
             # Too short to be anything but the start of an unfinished write.
-            return Scan(records, offset, Damage(offset, "incomplete record", torn_tail=True))
+            zeros = all_zero(view[offset:])
+            damage = Damage(offset, "incomplete record", torn_tail=True, zeros=zeros)
+            return Scan(records, offset, damage)
         length, checksum = unpack(view, offset)
         body_start = offset + FRAME.size
         end = body_start + length
+        if length == 0 and all_zero(view[offset:]):
+            damage = Damage(offset, "zero-filled tail", torn_tail=True, zeros=True)
+            return Scan(records, offset, damage)
         if length == 0 or length > MAX_RECORD_BYTES:
             return Scan(records, offset, _damage(view, offset, f"implausible length {length}"))
         if end > size:
@@ -227,8 +236,12 @@ def _damage(view: memoryview, offset: int, reason: str, end: int | None = None) 
     # extended the file but the data never arrived. Anything else after the
     # bad spot means the damage is in the middle.
     rest = view[offset if end is None else end :]
-    torn = (end is not None and end == len(view)) or not any(rest)
+    torn = (end is not None and end == len(view)) or all_zero(rest)
     return Damage(offset, reason, torn_tail=torn)
+
+
+def all_zero(view: memoryview) -> bool:
+    return view == bytes(len(view))
 
 
 def resync(data: bytes | memoryview, start: int) -> int | None:

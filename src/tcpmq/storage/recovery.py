@@ -8,7 +8,8 @@ comes back ready; deliveries that were in flight are simply delivered again
 (at least once), with `attempt` starting over at 1.
 
 Damage: the last segment may end in a torn write (the process or machine
-died mid-append); that tail is cut off and the broker starts with every
+died mid-append); that tail is cut off (zeros after the last record are not
+damage: the writer fills space ahead of its writes, see log.py) and the broker starts with every
 complete record, which includes every record a reply was sent for (with
 `fsync=always`). Any other damage — a bad record with intact data after it,
 a damaged snapshot, a missing segment — stops the start with a message
@@ -309,6 +310,10 @@ def _replay_segment(path: Path, seq: int, replay: Replay, last: bool) -> tuple[i
         return len(data), 0
     if not (last and damage.torn_tail):
         raise FormatError(str(path), damage.offset, damage.reason)
+    if damage.zeros:
+        # Space the writer had filled ahead of its writes: the normal end.
+        _truncate(path, damage.offset)
+        return damage.offset, 0
     log.warning(
         "%s: cut off a torn write of %d bytes at offset %d (%s)",
         path,
