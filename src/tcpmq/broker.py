@@ -9,7 +9,9 @@ A channel holds one `Queue` per subscription. `publish` encodes each message
 once into its *head*, the delivery's JSON up to its attempt number, and
 appends the same bytes object to every queue. A queued message is nothing but
 that head (its id is read back from it when it is delivered): no object per
-message beside its bytes, which keeps a deep queue small. Within a queue a message
+message beside its bytes, which keeps a deep queue small. `fresh` is in id
+order, so when the first and last ids of a slice are as far apart as its
+length, the ids between need not be read. Within a queue a message
 is *ready* (in `fresh`, or in `retry` after a nack or ack timeout) or *in
 flight* (in one of the `lanes`, keyed by id, until acked or its deadline passes).
 
@@ -61,8 +63,8 @@ class Delivery:
 
     __slots__ = ("attempt", "deadline", "head", "id")
 
-    def __init__(self, head: Message, attempt: int, deadline: float) -> None:
-        self.id = head_id(head)
+    def __init__(self, message_id: int, head: Message, attempt: int, deadline: float) -> None:
+        self.id = message_id
         self.head = head
         self.attempt = attempt
         self.deadline = deadline
@@ -549,25 +551,26 @@ class Broker:
             # (If fewer than `count` were ready, the loop below finds none.)
             fitting = min(count, len(fresh))
             total = sum(map(len, itertools.islice(fresh, fitting)))
-            if total + 24 * fitting <= budget:
+            if fitting and total + 24 * fitting <= budget:
                 popleft = fresh.popleft
-                taken = [Delivery(popleft(), 1, deadline) for _ in range(fitting)]
-                for delivery in taken:
-                    lane[delivery.id] = delivery
+                heads = [popleft() for _ in range(fitting)]
+                ids = _slice_ids(heads)
+                taken = list(map(Delivery, ids, heads, [1] * fitting, [deadline] * fitting))
+                lane.update(zip(ids, taken, strict=True))
                 size = total
         while len(taken) < count:
             if retry:
                 message = retry[0][2]
                 if taken and len(message) + 24 > budget:
                     break
-                attempts = heapq.heappop(retry)[1]
-                delivery = Delivery(message, attempts + 1, deadline)
+                message_id, attempts, _ = heapq.heappop(retry)
+                delivery = Delivery(message_id, message, attempts + 1, deadline)
             elif fresh:
                 message = fresh[0]
                 if taken and len(message) + 24 > budget:
                     break
                 fresh.popleft()
-                delivery = Delivery(message, 1, deadline)
+                delivery = Delivery(head_id(message), message, 1, deadline)
             else:
                 break
             budget -= len(message) + 24
@@ -595,3 +598,11 @@ class Broker:
             if not deliveries:
                 return  # max_inflight reached; waiters keep waiting
             waiters.popleft().wake(deliveries)
+
+
+def _slice_ids(heads: list[Message]) -> range | list[int]:
+    """The ids of consecutive messages taken from the front of `fresh` (id order)."""
+    first = head_id(heads[0])
+    if head_id(heads[-1]) - first == len(heads) - 1:
+        return range(first, first + len(heads))
+    return [head_id(head) for head in heads]  # a gap: some were acked before a restart
