@@ -10,7 +10,7 @@ that one hostile client cannot exhaust memory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_PORT = 7878
@@ -58,11 +58,20 @@ class Limits:
     # Unsent reply bytes per connection above which the server stops reading
     # that connection's requests until the client catches up.
     write_buffer_high: int = 4 * 1024 * 1024
+    # Requests of one connection handled before the loop turns to the others
+    # (and to finished disk syncs); the rest wait for the connection's next turn.
+    frames_per_turn: int = 128
     # Concurrent password hashes (scrypt uses 16 MiB each and a CPU core).
     # Two keeps a core free for the event loop on a small VM.
     max_concurrent_logins: int = 2
     default_token_ttl: int = 86400
     max_token_ttl: int = 30 * 86400
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value <= 0:
+                raise ValueError(f"{spec.name} must be positive, not {value}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,12 @@ reply is pending (a handler returned a `Pending`: long-poll, login), so
 replies keep request order, and while the transport's write buffer is above
 `write_buffer_high`. When the backlog holds `max_pipeline` frames or
 `max_pipeline_bytes`, or writing is paused, reading pauses too: a client that
-floods requests or does not read its replies only slows itself.
+floods requests or does not read its replies only slows itself. After
+`frames_per_turn` frames a connection yields to the rest of the loop (other
+connections, and the disk telling which replies may go) and handles the rest
+of its backlog on its next turn: one large pipelined read cannot hold
+everyone else, and its first replies leave while its last are still being
+handled.
 
 Consecutive one-message publishes to one channel form a *run* that is
 published as one batch when the next other request comes, or when the
@@ -97,6 +102,7 @@ class Session(asyncio.Protocol):
         # One-message publishes read but not yet published (see _join_run).
         self._run: PublishRun | None = None
         self._pending_head = b""
+        self._turn_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
         self._eof = False
@@ -292,9 +298,14 @@ class Session(asyncio.Protocol):
     def _drain_frames(self) -> None:
         backlog = self._backlog
         flush_at = self._limits.write_buffer_high
+        turn = self._limits.frames_per_turn
         while backlog and self._pending is None and not self._must_wait_for_client():
             if self.state is State.CLOSED:
                 return
+            if turn == 0:
+                self._yield_turn()
+                return
+            turn -= 1
             frame = backlog.popleft()
             if frame is None:
                 error = self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
@@ -308,6 +319,16 @@ class Session(asyncio.Protocol):
                 # Writing may pause us (pause_writing runs inside write), so a
                 # client that does not read cannot make us build replies forever.
                 self._flush()
+
+    def _yield_turn(self) -> None:
+        """Handle the rest of the backlog once the loop has run everything else ready."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self.server.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self._resume()
 
     def _must_wait_for_client(self) -> bool:
         # Stop making replies while the client does not read them, or while
