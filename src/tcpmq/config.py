@@ -59,7 +59,8 @@ class Limits:
     # that connection's requests until the client catches up.
     write_buffer_high: int = 4 * 1024 * 1024
     # Requests of one connection handled before the loop turns to the others
-    # (and to finished disk syncs); the rest wait for the connection's next turn.
+    # (and to finished disk syncs); the rest wait for the connection's next
+    # turn. Four times as many while none of its replies wait for the disk.
     frames_per_turn: int = 128
     # Concurrent password hashes (scrypt uses 16 MiB each and a CPU core).
     # Two keeps a core free for the event loop on a small VM.
