@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,8 +37,20 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve(data_dir: Path, *args: str, **env: str) -> AsyncIterator[ServeProcess]:
-    """Run `tcpmq serve` on an ephemeral port until the block ends (then kill it)."""
+async def serve(
+    data_dir: Path, *args: str, max_file_bytes: int | None = None, **env: str
+) -> AsyncIterator[ServeProcess]:
+    """Run `tcpmq serve` on an ephemeral port until the block ends (then kill it).
+
+    `max_file_bytes` limits the size of the files it writes (RLIMIT_FSIZE): a
+    write beyond it fails as on a full disk.
+    """
+
+    def limit_file_size() -> None:
+        if max_file_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -49,6 +63,7 @@ async def serve(data_dir: Path, *args: str, **env: str) -> AsyncIterator[ServePr
         *args,
         stderr=asyncio.subprocess.PIPE,
         env=clean_env(**env),
+        preexec_fn=limit_file_size,
     )
     assert process.stderr is not None
     log = b""

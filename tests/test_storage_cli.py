@@ -65,3 +65,26 @@ async def test_check_on_a_directory_without_a_store_fails(tmp_path: Path) -> Non
     assert "no store here" in out
     code, _, err = await run_cli("repair", "--data-dir", str(tmp_path / "nothing"))
     assert code == 1 and "no store here" in err and "Traceback" not in err
+
+
+async def test_a_disk_too_full_for_the_zeros_ahead_still_takes_every_write(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    # 64 KiB is room for the records, not for the 1 MiB the log writes ahead.
+    async with (
+        serve(data, max_file_bytes=64 * 1024, TCPMQ_ADMIN_PASSWORD=ADMIN_PASSWORD) as server,
+        connect(server.url, user="admin", password=ADMIN_PASSWORD) as client,
+    ):
+        await client.channel_create("c")
+        await client.subscribe("c")
+        for n in range(50):
+            await client.publish("c", f"message {n}")
+        server.process.kill()  # a crash: whatever zeros landed stay
+    code, out, _ = await run_cli("check", "--data-dir", str(data))
+    assert code == 0 and "50 messages intact" in out, out
+    async with (
+        serve(data) as server,
+        connect(server.url, user="admin", password=ADMIN_PASSWORD) as client,
+    ):
+        assert await drain(client, "c") == [f"message {n}" for n in range(50)]

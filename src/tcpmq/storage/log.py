@@ -189,12 +189,16 @@ class LogWriter:
         length = min(PREALLOCATE_BYTES, self._segment_bytes - start)
         if length <= 0:
             return
+        # Count the zeros as written even if the write fails part way, so that
+        # sealing the segment cuts whatever did land.
+        self._allocated = start + length
         try:
             _write_at(self._fd, _ZEROS[:length], start)
         except OSError as exc:
-            self._fail(exc)
-            return
-        self._allocated = start + length
+            # Only an optimisation failed (a full disk, a file size limit): the
+            # records are intact, and writing them decides whether we go on.
+            self._preallocate = False
+            log.warning("writing zeros ahead of the log failed, going on without: %s", exc)
 
     def _cut_to_records(self) -> None:
         # Drop the zeros written ahead and make that durable, so that only
