@@ -435,6 +435,34 @@ async def test_long_poll_times_out_with_an_empty_list(alice: Wire) -> None:
     assert loop.time() - started >= 0.15
 
 
+async def test_waiting_pulls_end_at_once_when_the_client_stops_sending(
+    server: Server, alice: Wire
+) -> None:
+    await alice.ok("channel.create", name="eof")
+    await alice.ok("subscribe", channel="eof")
+    async with open_user_wire(server, "alice") as leaving:
+        lines = [
+            b'{"op":"pull","channel":"eof","wait":300,"id":1}',
+            b'{"op":"pull","channel":"eof","wait":300,"id":2}',
+            b'{"op":"ping","id":3}',
+        ]
+        await leaving.send_raw(b"\n".join(lines) + b"\n")
+        await alice.ok("ping")  # the waiting pull is parked by now
+        leaving.writer.write_eof()
+        # Answered with what is ready (nothing), not after 300 s, then closed.
+        replies = [await asyncio.wait_for(leaving.recv(), PROMPT) for _ in range(3)]
+        assert replies == [
+            {"ok": True, "id": 1, "messages": []},
+            {"ok": True, "id": 2, "messages": []},
+            {"ok": True, "id": 3},
+        ]
+        assert await leaving.closed()
+    # A message published now is not swallowed by a pull nobody reads.
+    await alice.ok("publish", channel="eof", data="kept")
+    [message] = (await alice.ok("pull", channel="eof"))["messages"]
+    assert (message["data"], message["attempt"]) == ("kept", 1)
+
+
 @pytest.mark.parametrize("deleting", ["queue.delete", "channel.delete"])
 async def test_waiting_pull_gets_not_found_when_its_queue_goes(
     server: Server, alice: Wire, deleting: str

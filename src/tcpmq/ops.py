@@ -334,6 +334,12 @@ class PullWaiter(Pending):
     def _time_out(self) -> None:
         self.complete(b'"messages":[]}')
 
+    def stop_waiting(self) -> None:
+        # A waiter exists only while nothing is ready: the answer now is none.
+        # Waiting on would deliver messages into flight for a client that may
+        # be gone, to come back only after their ack timeout.
+        self._time_out()
+
     def release(self) -> None:
         self._timer.cancel()
         self._broker.cancel_wait(self._queue, self)

@@ -48,5 +48,9 @@ class Pending:
             self.done = True
             self.release()
 
+    def stop_waiting(self) -> None:
+        """The client will send nothing more (EOF): a reply that waits only for
+        something to happen is given now. Work under way (a login) finishes."""
+
     def release(self) -> None:
         """Free what the wait holds (timers, registrations). Subclasses extend."""

@@ -144,7 +144,9 @@ class Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         # The client will send nothing more; answer what it sent, then close.
         self._eof = True
-        if self._pending is None and not self._backlog:
+        if self._pending is not None:
+            self._pending.stop_waiting()  # may complete it, and so resume
+        elif not self._backlog:
             self.close(None)
         return True
 
@@ -229,6 +231,8 @@ class Session(asyncio.Protocol):
             self._pending = result
             self._pending_head = head
             result.on_done(self._pending_done)
+            if self._eof:
+                result.stop_waiting()
         else:
             reply = wire.reply_ok(head, result)
             self._out.append(reply)
