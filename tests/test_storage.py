@@ -279,19 +279,24 @@ async def test_a_crash_with_zeros_ahead_of_the_log_recovers_everything_without_w
     assert segment.stat().st_size == end
 
 
-async def test_segments_sealed_by_size_end_with_their_last_record(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    storage = {"segment_bytes": 8192, "compact_min_bytes": 1 << 30}
+async def _fill_small_segments(data: Path, segment_bytes: int, batches: int) -> dict[int, Path]:
+    """Publish `batches` batches of ten without compaction; returns the segments."""
+    storage = {"segment_bytes": segment_bytes, "compact_min_bytes": 1 << 30}
     async with durable_server(data, **storage) as server, admin_client(server) as client:
         await client.channel_create("c")
         await client.subscribe("c")
-        for n in range(40):
+        for n in range(batches):
             await client.publish_batch("c", [f"{n}-{i}" for i in range(10)])
-        segments = list_files(store_dir(data)).segments
-        assert len(segments) > 3
-        for seq in sorted(segments)[:-1]:
-            content = segments[seq].read_bytes()
-            assert scan(content).end == len(content), seq
+    return list_files(store_dir(data)).segments
+
+
+async def test_segments_sealed_by_size_end_with_their_last_record(tmp_path: Path) -> None:
+    # Sealed segments are never written again, so after the stop they are as sealed.
+    segments = await _fill_small_segments(tmp_path / "data", 8192, 40)
+    assert len(segments) > 3
+    for seq in sorted(segments)[:-1]:
+        content = segments[seq].read_bytes()
+        assert scan(content).end == len(content), seq
 
 
 async def test_rolled_and_closed_segments_are_cut_to_their_records(tmp_path: Path) -> None:
@@ -330,13 +335,7 @@ async def test_rolled_and_closed_segments_are_cut_to_their_records(tmp_path: Pat
 
 async def test_zeros_at_the_end_of_a_sealed_segment_refuse_the_start(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    storage = {"segment_bytes": 4096, "compact_min_bytes": 1 << 30}
-    async with durable_server(data, **storage) as server, admin_client(server) as client:
-        await client.channel_create("c")
-        await client.subscribe("c")
-        for n in range(20):
-            await client.publish_batch("c", [f"{n}-{i}" for i in range(10)])
-    segments = list_files(store_dir(data)).segments
+    segments = await _fill_small_segments(data, 4096, 20)
     sealed = segments[min(segments)]
     size = sealed.stat().st_size
     with sealed.open("ab") as out:
