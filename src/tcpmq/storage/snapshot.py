@@ -88,9 +88,13 @@ def write_snapshot(directory: Path, state: Capture) -> int:
             # memory that the broker allocates meanwhile (RSS per message).
             chunk: list[tuple[int, bytes]] = []
             previous = -1
-            merged = heapq.merge(*(queue.messages for queue in channel.queues), key=head_id)
-            for message in merged:
-                message_id = head_id(message)
+            merged = heapq.merge(
+                *(
+                    ((head_id(message), message) for message in queue.messages)
+                    for queue in channel.queues
+                )
+            )
+            for message_id, message in merged:
                 if message_id == previous:
                     continue
                 previous = message_id
