@@ -21,7 +21,7 @@ import pytest
 from cli_helpers import Terminal, cli_env, login
 from conftest import ADMIN_PASSWORD, USER_PASSWORD
 from tcpmq.cli import main
-from tcpmq.cli.commands import build_parser
+from tcpmq.cli.main import build_command_line
 
 OK, ERROR, USAGE, CONNECTION, AUTH, NOT_FOUND, FORBIDDEN = 0, 1, 2, 3, 4, 5, 6
 
@@ -43,7 +43,7 @@ def leaf_commands(
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    commands = leaf_commands(build_parser())
+    commands = leaf_commands(build_command_line())
     assert {" ".join(command) for command in commands} == {
         *("serve", "token", "check", "repair", "shell"),
         *("login", "logout", "whoami", "ping", "ops"),

@@ -4,7 +4,7 @@ One module per job:
 
 | module | job |
 |---|---|
-| `main.py` | the entry point: parse, dispatch, last-resort handling of Ctrl-C and broken pipes |
+| `main.py` | the entry point: wire in `shell`; parse, dispatch, last-resort Ctrl-C, broken pipes |
 | `commands.py` | the command table (argparse), shared by the command line and the shell |
 | `runner.py` | running a command: event loop, signals, failures to exit codes |
 | `exits.py` | the exit codes and the one-line error messages |

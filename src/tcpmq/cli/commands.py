@@ -4,10 +4,12 @@ One argparse tree serves both the command line and the shell (`shell=True`
 leaves out what makes no sense inside it: the connection options, `serve`,
 `shell`, passwords on stdin), so a command behaves the same in both. A leaf
 sets `handler` (an async function run against the server, see `runner`) or
-`local` (a function that needs no server). The shell completes a positional
-or an option value from the server when its metavar is CHANNEL, QUEUE or
-USER. The parser raises `UsageError` instead of exiting, so the shell can go
-on after a mistake.
+`local` (a function that needs no server). The `shell` command's function
+comes from the entry point (`main`): the shell is built on this table, so
+importing it here would be a cycle. The shell completes a positional or an
+option value from the server when its metavar is CHANNEL, QUEUE or USER. The
+parser raises `UsageError` instead of exiting, so the shell can go on after
+a mistake.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any, NoReturn
 from .. import __version__
 from . import account, local, manage, publish, pull
 from .exits import UsageError
+
+#: A command that needs no server: parsed arguments in, exit code out.
+LocalCommand = Callable[[argparse.Namespace], int]
 
 
 class HelpShown(Exception):
@@ -161,8 +166,12 @@ def add_common_options(
     )
 
 
-def build_parser(*, shell: bool = False) -> ArgumentParser:
-    """The whole command tree; with `shell`, the commands the shell runs."""
+def build_parser(*, shell: bool = False, run_shell: LocalCommand | None = None) -> ArgumentParser:
+    """The whole command tree; with `shell`, the commands the shell runs.
+
+    `run_shell` runs the command line's `shell` command; without it (as
+    inside the shell) there is no such command.
+    """
     parser = ArgumentParser(
         prog="tcpmq",
         description="tcpmq message broker: run it, manage it, publish and consume.",
@@ -183,24 +192,19 @@ def build_parser(*, shell: bool = False) -> ArgumentParser:
         local.add_token(table.parent)
         local.add_check(table.parent)
         local.add_repair(table.parent)
-        table.command(
-            "shell",
-            "an interactive session with history and completion",
-            "tcpmq shell --url tcpmq://10.0.0.5:7878",
-            description="Run commands interactively on one connection: 'channel list', "
-            "'pull orders', ... TAB completes commands and channel, queue and user names.",
-        ).set_defaults(local=_shell)
+        if run_shell is not None:
+            table.command(
+                "shell",
+                "an interactive session with history and completion",
+                "tcpmq shell --url tcpmq://10.0.0.5:7878",
+                description="Run commands interactively on one connection: 'channel list', "
+                "'pull orders', ... TAB completes commands and channel, queue and user names.",
+            ).set_defaults(local=run_shell)
 
     _account_commands(table, shell)
     _manage_commands(table, shell)
     _message_commands(table)
     return parser
-
-
-def _shell(args: argparse.Namespace) -> int:
-    from .shell import run_shell  # the shell imports this module
-
-    return run_shell(args)
 
 
 def _account_commands(table: Table, shell: bool) -> None:

@@ -10,9 +10,9 @@ module per job:
 | `url.py` | `tcpmq://host:port` URLs |
 | `errors.py` | `ConnectionClosed` (nothing was sent) and `ConnectionLost` (outcome unknown) |
 | `connection.py` | one TCP connection: pipelined requests, in-order replies, deadlines |
-| `reconnect.py` | the connection of the moment, backoff, re-authentication |
+| `reconnect.py` | `Link`, the connection of the moment: requests, backoff, re-authentication |
+| `consume.py` | `Client.consume()`: batches, acks, nacks, on the client's `Link` |
 | `api.py` | `Client`: the typed methods |
-| `consume.py` | `Client.consume()`: batches, acks, nacks |
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .api import Client
 from .connection import MAX_REPLY_BYTES, open_connection
 from .consume import Consumer, Delivery
 from .errors import ConnectionClosed, ConnectionLost
-from .reconnect import Backoff
+from .reconnect import Backoff, Link
 from .url import DEFAULT_URL, Address, parse_url
 
 __all__ = [
@@ -82,8 +82,8 @@ class Connecting:
             await self._client.close()
 
     async def _open(self) -> Client:
-        client = Client._over(await open_connection(self._address, self._timeout))
-        client._link.backoff = self._backoff
+        connection = await open_connection(self._address, self._timeout)
+        client = Client(Link(connection, self._timeout, backoff=self._backoff))
         try:
             if self._token is not None:
                 await client.auth(self._token)

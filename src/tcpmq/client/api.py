@@ -1,14 +1,13 @@
 """The typed client: one method per op, returning the models of `tcpmq.models`.
 
-Every method builds its request, takes the link's open connection (waiting
-while it reconnects, within the call's deadline) and pipelines the request
-on it. The deadline is set when the method is called: `timeout` seconds,
-plus `wait` for a pull.
+Every method builds its request and hands it to the link (`Link.call`),
+which pipelines it on the open connection, waiting while it reconnects
+within the call's deadline. The deadline is set when the method is called:
+`timeout` seconds, plus `wait` for a pull.
 """
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -28,7 +27,7 @@ from ..models import (
     SubscribeResult,
     UserInfo,
 )
-from .connection import Connection, parse, parse_list
+from .connection import parse, parse_list
 from .consume import Consumer
 from .errors import ConnectionClosed
 from .reconnect import Credentials, Link
@@ -44,30 +43,9 @@ class Client:
     `tcpmq.client.reconnect`); otherwise the client ends with it.
     """
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        address: Address,
-        server_info: dict[str, Any],
-        timeout: float,
-    ) -> None:
-        connection = Connection(
-            reader, writer, address=address, server_info=server_info, timeout=timeout
-        )
-        self._setup(connection)
-
-    @classmethod
-    def _over(cls, connection: Connection) -> Client:
-        """A client whose first connection is already open."""
-        client = cls.__new__(cls)
-        client._setup(connection)
-        return client
-
-    def _setup(self, connection: Connection) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._link = Link(connection, connection.timeout)
+    def __init__(self, link: Link) -> None:
+        """A client over `link`; `connect()` opens its first connection."""
+        self._link = link
         # Consumers settle what they hold before close() ends the connection.
         self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
 
@@ -129,14 +107,10 @@ class Client:
         Idempotent.
         """
         for consumer in list(self._consumers) if not self.closed else ():
-            sent = consumer._settle_now()
-            if sent is not None:
-                connection, calls = sent
-                for call in calls:
-                    connection.forget(call)
+            consumer._settle_before_close()
         await self._link.close()
 
-    # -- the request path ---------------------------------------------------
+    # -- any request --------------------------------------------------------
 
     async def request(self, op: str, /, **fields: Any) -> dict[str, Any]:
         """Send any request and return its result fields (the reply without `ok`).
@@ -153,35 +127,16 @@ class Client:
         """
         if "id" in fields:
             raise ValueError("the client sets the request id itself")
-        reply = await self._call(op, fields)
+        reply = await self._link.call(op, fields)
         del reply["ok"]
         reply.pop("id", None)
         return reply
-
-    async def _call(
-        self, op: str, fields: dict[str, Any], extra_time: float = 0.0
-    ) -> dict[str, Any]:
-        """Pipeline one request and return its `ok: true` reply.
-
-        `extra_time` lengthens the deadline beyond `timeout` (a pull's wait).
-        """
-        link = self._link
-        deadline = self._loop.time() + link.timeout + extra_time
-        while True:
-            connection = link.connection
-            if connection.closed:
-                connection = await link.ready(deadline)
-            try:
-                call = connection.send(op, fields, deadline)
-            except ConnectionClosed:
-                continue  # not sent; ready() waits for the next connection or raises
-            return await connection.wait(call)
 
     # -- ops ----------------------------------------------------------------
 
     async def ping(self) -> None:
         """Check that the server answers; allowed before authentication."""
-        await self._call("ping", {})
+        await self._link.call("ping", {})
 
     async def login(self, user: str, password: str, ttl: int | None = None) -> LoginResult:
         """Authenticate with a password; the result carries a token for `auth`.
@@ -196,7 +151,7 @@ class Client:
         fields: dict[str, Any] = {"user": user, "password": password}
         if ttl is not None:
             fields["ttl"] = ttl
-        result = parse(LoginResult, await self._call("login", fields), "login")
+        result = parse(LoginResult, await self._link.call("login", fields), "login")
         credentials = Credentials(user=user, password=password, ttl=ttl)
         credentials.remember_login(result)
         self._link.credentials = credentials
@@ -211,17 +166,17 @@ class Client:
             AuthFailed: malformed, forged or expired token, or its user is gone.
             LimitExceeded: too many connections of this user.
         """
-        result = parse(Identity, await self._call("auth", {"token": token}), "auth")
+        result = parse(Identity, await self._link.call("auth", {"token": token}), "auth")
         self._link.credentials = Credentials(token=token)
         return result
 
     async def whoami(self) -> Identity:
         """The user and role of this connection."""
-        return parse(Identity, await self._call("whoami", {}), "whoami")
+        return parse(Identity, await self._link.call("whoami", {}), "whoami")
 
     async def help(self) -> list[OpHelp]:
         """The ops the server knows, with their field signatures."""
-        reply = await self._call("help", {})
+        reply = await self._link.call("help", {})
         return parse_list(OpHelp, reply.get("ops"), "help")
 
     async def user_create(self, name: str, password: str, role: Role = "user") -> UserInfo:
@@ -233,12 +188,12 @@ class Client:
             LimitExceeded: `max_users` reached.
         """
         fields = {"name": name, "password": password, "role": role}
-        reply = await self._call("user.create", fields)
+        reply = await self._link.call("user.create", fields)
         return parse(UserInfo, reply.get("user"), "user.create")
 
     async def user_list(self) -> list[UserInfo]:
         """All users sorted by name (admins only)."""
-        reply = await self._call("user.list", {})
+        reply = await self._link.call("user.list", {})
         return parse_list(UserInfo, reply.get("users"), "user.list")
 
     async def user_get(self, name: str) -> UserInfo:
@@ -248,7 +203,7 @@ class Client:
             Forbidden: neither admin nor that user.
             NotFound: no such user.
         """
-        reply = await self._call("user.get", {"name": name})
+        reply = await self._link.call("user.get", {"name": name})
         return parse(UserInfo, reply.get("user"), "user.get")
 
     async def user_delete(self, name: str) -> None:
@@ -258,7 +213,7 @@ class Client:
             Forbidden: not an admin, or the last admin.
             NotFound: no such user.
         """
-        await self._call("user.delete", {"name": name})
+        await self._link.call("user.delete", {"name": name})
 
     async def channel_create(self, name: str) -> ChannelInfo:
         """Create a channel owned by this connection's user.
@@ -267,12 +222,12 @@ class Client:
             AlreadyExists: the name is taken.
             LimitExceeded: `max_channels` reached.
         """
-        reply = await self._call("channel.create", {"name": name})
+        reply = await self._link.call("channel.create", {"name": name})
         return parse(ChannelInfo, reply.get("channel"), "channel.create")
 
     async def channel_list(self) -> list[ChannelInfo]:
         """All channels sorted by name (without their queues)."""
-        reply = await self._call("channel.list", {})
+        reply = await self._link.call("channel.list", {})
         return parse_list(ChannelInfo, reply.get("channels"), "channel.list")
 
     async def channel_get(self, name: str) -> ChannelInfo:
@@ -281,7 +236,7 @@ class Client:
         Raises:
             NotFound: no such channel.
         """
-        reply = await self._call("channel.get", {"name": name})
+        reply = await self._link.call("channel.get", {"name": name})
         return parse(ChannelInfo, reply.get("channel"), "channel.get")
 
     async def channel_delete(self, name: str) -> None:
@@ -291,7 +246,7 @@ class Client:
             Forbidden: neither the channel's owner nor an admin.
             NotFound: no such channel.
         """
-        await self._call("channel.delete", {"name": name})
+        await self._link.call("channel.delete", {"name": name})
 
     async def subscribe(
         self, channel: str, queue: str | None = None, ack_timeout: float | None = None
@@ -310,7 +265,7 @@ class Client:
             fields["queue"] = queue
         if ack_timeout is not None:
             fields["ack_timeout"] = ack_timeout
-        return parse(SubscribeResult, await self._call("subscribe", fields), "subscribe")
+        return parse(SubscribeResult, await self._link.call("subscribe", fields), "subscribe")
 
     async def queue_list(self, channel: str) -> list[QueueInfo]:
         """The queues of a channel sorted by name.
@@ -318,7 +273,7 @@ class Client:
         Raises:
             NotFound: no such channel.
         """
-        reply = await self._call("queue.list", {"channel": channel})
+        reply = await self._link.call("queue.list", {"channel": channel})
         return parse_list(QueueInfo, reply.get("queues"), "queue.list")
 
     async def queue_delete(self, channel: str, queue: str) -> None:
@@ -328,7 +283,7 @@ class Client:
             NotFound: no such channel or queue.
             Forbidden: not the queue's or channel's owner, nor an admin.
         """
-        await self._call("queue.delete", {"channel": channel, "queue": queue})
+        await self._link.call("queue.delete", {"channel": channel, "queue": queue})
 
     async def publish(self, channel: str, data: Any) -> PublishResult:
         """Put one message (any JSON value, None included) into every queue of a channel.
@@ -341,7 +296,7 @@ class Client:
             ConnectionLost: the connection ended before the reply: the message
                 may or may not have been enqueued. It is never resent.
         """
-        reply = await self._call("publish", {"channel": channel, "data": data})
+        reply = await self._link.call("publish", {"channel": channel, "data": data})
         return parse(PublishResult, reply, "publish")
 
     async def publish_batch(self, channel: str, messages: Sequence[Any]) -> PublishResult:
@@ -355,7 +310,7 @@ class Client:
             ConnectionLost: the connection ended before the reply: the batch
                 may or may not have been enqueued (whole). It is never resent.
         """
-        reply = await self._call("publish", {"channel": channel, "messages": list(messages)})
+        reply = await self._link.call("publish", {"channel": channel, "messages": list(messages)})
         return parse(PublishResult, reply, "publish")
 
     async def pull(
@@ -377,7 +332,7 @@ class Client:
             fields["queue"] = queue
         fields["max"] = max
         fields["wait"] = wait
-        reply = await self._call("pull", fields, extra_time=wait)
+        reply = await self._link.call("pull", fields, extra_time=wait)
         return parse_list(Message, reply.get("messages"), "pull")
 
     async def ack(self, channel: str, ids: Iterable[int], queue: str | None = None) -> AckResult:
@@ -390,7 +345,7 @@ class Client:
             NotFound: no such channel or queue.
             Forbidden: neither the queue's owner nor an admin.
         """
-        reply = await self._call("ack", ack_fields(channel, ids, queue))
+        reply = await self._link.call("ack", ack_fields(channel, ids, queue))
         return parse(AckResult, reply, "ack")
 
     async def nack(self, channel: str, ids: Iterable[int], queue: str | None = None) -> NackResult:
@@ -400,7 +355,7 @@ class Client:
             NotFound: no such channel or queue.
             Forbidden: neither the queue's owner nor an admin.
         """
-        reply = await self._call("nack", ack_fields(channel, ids, queue))
+        reply = await self._link.call("nack", ack_fields(channel, ids, queue))
         return parse(NackResult, reply, "nack")
 
     def consume(
@@ -462,7 +417,7 @@ class Client:
                 `stop_when_empty` (raised here, at once).
         """
         consumer = Consumer(
-            self,
+            self._link,
             channel,
             queue,
             batch=batch,

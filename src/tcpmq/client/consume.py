@@ -32,15 +32,13 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import TcpmqError
-from ..models import AckResult, Message
+from ..models import AckResult, Message, NackResult
 from .connection import Call, Connection, Reply, parse, parse_list
 from .errors import ConnectionClosed, ConnectionLost
-
-if TYPE_CHECKING:
-    from .api import Client
+from .reconnect import Link
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +99,7 @@ class Delivery:
             TcpmqError, TimeoutError: as for `Client.ack`.
         """
         self._check_pending("ack")
-        consumer = self._consumer
-        result = await consumer.client.ack(consumer.channel, [self.id], queue=consumer.queue)
+        result = parse(AckResult, await self._consumer._settle_one("ack", self.id), "ack")
         self._state = _State.ACK
         return result.acked == 1
 
@@ -118,8 +115,7 @@ class Delivery:
             TcpmqError, TimeoutError: as for `Client.nack`.
         """
         self._check_pending("nack")
-        consumer = self._consumer
-        result = await consumer.client.nack(consumer.channel, [self.id], queue=consumer.queue)
+        result = parse(NackResult, await self._consumer._settle_one("nack", self.id), "nack")
         self._state = _State.NACK
         return result.requeued == 1
 
@@ -133,11 +129,15 @@ class Delivery:
 
 
 class Consumer:
-    """What `Client.consume()` returns: iterate over it, optionally inside `async with`."""
+    """What `Client.consume()` returns: iterate over it, optionally inside `async with`.
+
+    It works on the client's `Link`, so its pulls and acks follow the
+    connection of the moment through reconnects.
+    """
 
     def __init__(
         self,
-        client: Client,
+        link: Link,
         channel: str,
         queue: str | None,
         *,
@@ -152,7 +152,7 @@ class Consumer:
             raise ValueError("wait must not be negative")
         if wait == 0 and not stop_when_empty:
             raise ValueError("wait must be positive, or the loop would poll without pause")
-        self.client = client
+        self._link = link
         self.channel = channel
         self.queue = queue
         self._fields: dict[str, Any] = {"channel": channel}
@@ -232,13 +232,17 @@ class Consumer:
         delivery._state = _State.ACK
         self._done.append(delivery.id)
 
+    async def _settle_one(self, op: str, message_id: int) -> Reply:
+        """`ack` or `nack` one message now, as `Client.ack` and `Client.nack` do."""
+        return await self._link.call(op, {**self._fields, "ids": [message_id]})
+
     async def _fetch(self) -> bool:
         """Ack what is done and pull the next batch, in one round trip.
 
         Returns False when the loop should end: the client was closed, or
         the queue is empty and `stop_when_empty` is set.
         """
-        link = self.client._link
+        link = self._link
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -329,7 +333,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         try:
             call = connection.send(
-                "nack", {**self._fields, "ids": ids}, loop.time() + self.client.timeout
+                "nack", {**self._fields, "ids": ids}, loop.time() + self._link.timeout
             )
         except TcpmqError as exc:
             log.info(
@@ -356,7 +360,7 @@ class Consumer:
             for call in calls:
                 await connection.wait(call)
         except (TcpmqError, TimeoutError) as exc:
-            if isinstance(exc, ConnectionLost) and self.client._link.closed_by_client:
+            if isinstance(exc, ConnectionLost) and self._link.closed_by_client:
                 return  # close() came meanwhile, and sends what was written before it
             log.warning(
                 "tcpmq consumer of %s: settling its messages failed (%s);"
@@ -368,12 +372,20 @@ class Consumer:
             for call in calls:
                 connection.forget(call)
 
-    def _settle_now(self) -> tuple[Connection, list[Call]] | None:
-        """Send the acks and nacks `_settle` is about; the calls, None if nothing was sent.
+    def _settle_before_close(self) -> None:
+        """Write the acks and nacks of `_settle` without waiting for their replies.
 
-        `Client.close()` uses this directly: the requests are written before
-        the connection closes, and the server handles them before the EOF.
+        For `Client.close()`: the requests are written before the connection
+        closes, and the server handles them before the EOF.
         """
+        sent = self._settle_now()
+        if sent is not None:
+            connection, calls = sent
+            for call in calls:
+                connection.forget(call)
+
+    def _settle_now(self) -> tuple[Connection, list[Call]] | None:
+        """Send the acks and nacks `_settle` is about; the calls, None if nothing was sent."""
         nack: list[Delivery] = []
         current, self._current = self._current, None
         if self._auto_ack and current is not None and current.pending:
@@ -388,8 +400,8 @@ class Consumer:
         nack_ids = [delivery.id for delivery in nack]
         if not ack_ids and not nack_ids:
             return None
-        connection = self.client._link.connection
-        deadline = asyncio.get_running_loop().time() + self.client.timeout
+        connection = self._link.connection
+        deadline = asyncio.get_running_loop().time() + self._link.timeout
         calls: list[Call] = []
         try:
             if ack_ids:

@@ -6,7 +6,8 @@ called, or a reason that another connection would not cure) or starts one
 reconnect task. The task waits a backoff delay, connects, authenticates with
 the client's credentials and installs the new connection; until then calls
 wait in `ready()` for the change (bounded by their own deadline), then go out
-on the new connection. Calls that were in flight on the lost connection are
+on the new connection: `call()` is that request path, for the client's typed
+methods and its consumers alike. Calls that were in flight on the lost connection are
 not resent: they raise `ConnectionLost`, since the server may or may not
 have carried them out.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..errors import AuthFailed, ErrorCode, TcpmqError
 from ..models import LoginResult
-from .connection import Connection, open_connection, parse
+from .connection import Connection, Reply, open_connection, parse
 from .errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
@@ -132,15 +133,17 @@ async def authenticate(connection: Connection, credentials: Credentials, deadlin
 class Link:
     """The client's connection of the moment; with a `Backoff`, replaced when it is lost."""
 
-    def __init__(self, connection: Connection, timeout: float) -> None:
+    def __init__(
+        self, connection: Connection, timeout: float, *, backoff: Backoff | None = None
+    ) -> None:
         self.connection = connection
         self.address = connection.address
-        #: Bounds connecting and authenticating; calls carry their own deadlines.
+        #: Seconds a call may take (see `call`); also bounds connecting and authenticating.
         self.timeout = timeout
         #: What a new connection authenticates with (kept by the client's auth/login).
         self.credentials: Credentials | None = None
         #: None: a lost connection ends the client.
-        self.backoff: Backoff | None = None
+        self.backoff = backoff
         self._loop = asyncio.get_running_loop()
         self._final: ConnectionClosed | None = None
         self._closed_by_client = False
@@ -192,6 +195,30 @@ class Link:
                     f"not reconnected to {host}:{port} within the client's timeout;"
                     " the request was not sent"
                 ) from None
+
+    async def call(self, op: str, fields: dict[str, Any], extra_time: float = 0.0) -> Reply:
+        """Pipeline one request on the open connection and return its `ok: true` reply.
+
+        The deadline is set now: `timeout` seconds, plus `extra_time` (a
+        pull's wait). While reconnecting, the request waits for the new
+        connection within that deadline.
+
+        Raises:
+            TcpmqError: the matching subclass for an `ok: false` reply.
+            ConnectionLost: the connection ended before the reply came.
+            ConnectionClosed: the client has ended; nothing was sent.
+            TimeoutError: no reply (or no connection) by the deadline.
+        """
+        deadline = self._loop.time() + self.timeout + extra_time
+        while True:
+            connection = self.connection
+            if connection.closed:
+                connection = await self.ready(deadline)
+            try:
+                call = connection.send(op, fields, deadline)
+            except ConnectionClosed:
+                continue  # not sent; ready() waits for the next connection or raises
+            return await connection.wait(call)
 
     async def wait_closed(self) -> None:
         await self._ended.wait()
