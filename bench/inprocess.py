@@ -1,6 +1,6 @@
 """What one message costs the broker in Python, without sockets or a load generator.
 
-Feeds S1's traffic straight into two sessions of a real in-process server
+Feeds S1's traffic straight into two connections of a real in-process server
 (a publisher sending runs of one-message publishes, a consumer pulling and
 acking batches) through transports that discard what is written, and prints
 the time per message for its publish, pull and ack together. Use it to see
@@ -25,14 +25,13 @@ import uvloop
 
 from tcpmq.config import ServerConfig, StorageConfig
 from tcpmq.server import Server
-from tcpmq.session import Session
 
 BATCH = 100  # messages per round: S1's pull size
 PAYLOAD = b'"' + b"x" * 98 + b'"'  # 100 bytes as JSON
 
 
 class DiscardingTransport:
-    """Just enough of a transport for a session: replies are counted, not sent."""
+    """Just enough of a transport for a connection: replies are counted, not sent."""
 
     def __init__(self) -> None:
         self.written = 0
@@ -68,12 +67,12 @@ async def measure(fsync: str, rounds: int, profile: cProfile.Profile | None) -> 
     config = ServerConfig(port=0, data_dir=data_dir, storage=StorageConfig(fsync=fsync))
     server = Server(config, admin_password="bench-inprocess-password")
     await server.start()
-    publisher, consumer = Session(server), Session(server)
+    publisher, consumer = server.new_connection(), server.new_connection()
     try:
         token = server.mint_token("admin").encode()
-        for session in (publisher, consumer):
-            session.connection_made(DiscardingTransport())  # type: ignore[arg-type]
-            session.data_received(b'{"op":"auth","token":"%s"}\n' % token)
+        for connection in (publisher, consumer):
+            connection.connection_made(DiscardingTransport())  # type: ignore[arg-type]
+            connection.data_received(b'{"op":"auth","token":"%s"}\n' % token)
         publisher.data_received(b'{"op":"channel.create","name":"c"}\n')
         publisher.data_received(b'{"op":"subscribe","channel":"c"}\n')
         publishes = b'{"op":"publish","channel":"c","data":%s}\n' % PAYLOAD * BATCH
@@ -83,7 +82,7 @@ async def measure(fsync: str, rounds: int, profile: cProfile.Profile | None) -> 
             % b",".join(b"%d" % i for i in range(r * BATCH + 1, (r + 1) * BATCH + 1))
             for r in range(rounds)
         ]
-        queue = server.broker.channels["c"].queues["admin"]
+        queue = server.backend.broker.channels["c"].queues["admin"]
         started = time.perf_counter()
         if profile is not None:
             profile.enable()
@@ -99,9 +98,9 @@ async def measure(fsync: str, rounds: int, profile: cProfile.Profile | None) -> 
             raise RuntimeError(f"left over: {queue.depth} ready, {queue.inflight_count} in flight")
         return elapsed / (rounds * BATCH)
     finally:
-        for session in (publisher, consumer):
-            session.close(None)
-            session.connection_lost(None)  # what the transport would report
+        for connection in (publisher, consumer):
+            connection.close(None)
+            connection.connection_lost(None)  # what the transport would report
         await server.stop()
 
 

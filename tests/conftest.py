@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ PROTOCOL_OPS = frozenset(
         *("channel.create", "channel.list", "channel.get", "channel.delete"),
         *("subscribe", "queue.list", "queue.delete"),
         *("publish", "pull", "ack", "nack"),
+        "server.info",
     }
 )
 # The ops accepted before a connection has authenticated.
@@ -48,6 +49,26 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": uvloop.new_event_loop}
 
 
+# The backends a test marked `every_store` runs against (see `store` below).
+STORES = ("log", "memory")
+_current_store = "log"
+
+
+@pytest.fixture(autouse=True)
+def store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend servers of this test use: "log" unless the test is marked `every_store`."""
+    global _current_store
+    _current_store = getattr(request, "param", "log")
+    yield _current_store
+    _current_store = "log"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # The protocol suite runs against every backend, so a new backend only has to pass it.
+    if metafunc.definition.get_closest_marker("every_store"):
+        metafunc.parametrize("store", STORES, indirect=True)
+
+
 def make_config(
     data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
 ) -> ServerConfig:
@@ -55,6 +76,7 @@ def make_config(
         host="127.0.0.1",
         port=0,
         data_dir=data_dir,
+        store=_current_store,
         limits=Limits(**limits),
         storage=StorageConfig(**(storage or {})),
     )
@@ -64,6 +86,7 @@ def make_config(
 async def running_server(
     data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
 ) -> AsyncIterator[Server]:
+    """A started server on the current test's backend (see `store`)."""
     server = Server(make_config(data_dir, storage, **limits), admin_password=ADMIN_PASSWORD)
     await server.start()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tcpmq.broker import Broker, Delivery
+from tcpmq.broker import Broker, Entry
 from tcpmq.config import Limits
 from tcpmq.errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
 
@@ -15,10 +15,10 @@ PUBLISHER = orjson.dumps("alice")
 class RecordingWaiter:
     def __init__(self, max_messages: int = 10) -> None:
         self.max = max_messages
-        self.woken: list[Delivery] | None = None
+        self.woken: list[Entry] | None = None
         self.error: TcpmqError | None = None
 
-    def wake(self, deliveries: list[Delivery]) -> None:
+    def wake(self, deliveries: list[Entry]) -> None:
         assert self.woken is None, "woken twice"
         self.woken = deliveries
 
@@ -37,7 +37,7 @@ def publish(broker: Broker, *values: object, now: float = 0.0) -> list[int]:
     return ids
 
 
-def ids_of(deliveries: list[Delivery]) -> list[int]:
+def ids_of(deliveries: list[Entry]) -> list[int]:
     return [d.id for d in deliveries]
 
 
@@ -65,7 +65,7 @@ def test_redelivery_after_ack_timeout_keeps_publish_order() -> None:
     assert broker.expire(5.0) == 2
     again = broker.pull(queue, 10, now=6.0)
     assert ids_of(again) == [1, 3, 4, 5, 6]
-    assert [d.attempt for d in again] == [2, 2, 1, 1, 1]
+    assert [d.attempts for d in again] == [2, 2, 1, 1, 1]
 
 
 def test_nack_returns_messages_ahead_of_later_ones_in_id_order() -> None:
@@ -108,7 +108,7 @@ def test_expiry_wakes_a_waiter() -> None:
     waiter = RecordingWaiter()
     broker.wait(queue, waiter)
     broker.expire(1.0)
-    assert waiter.woken is not None and [d.attempt for d in waiter.woken] == [2]
+    assert waiter.woken is not None and [d.attempts for d in waiter.woken] == [2]
 
 
 def test_deleting_a_queue_fails_its_waiters() -> None:
@@ -169,12 +169,15 @@ def test_subscribe_is_idempotent_for_the_owner_only() -> None:
         broker.create_channel("ch", "bob", 0.0)
 
 
-def test_deleting_a_users_queues() -> None:
+def test_deleting_a_user_drops_its_queues_and_hands_its_channels_on() -> None:
     broker = make_broker()
+    broker.create_channel("alices", "alice", 0.0)
     broker.subscribe("ch", "a", "alice", None, 0.0)
     broker.subscribe("ch", "b", "bob", None, 0.0)
-    assert broker.delete_queues_of("alice") == 1
+    assert broker.delete_user("alice", "root") == 1
     assert list(broker.channel("ch").queues) == ["b"]
+    assert broker.channel("alices").owner == "root"
+    assert broker.channel("ch").owner == "root"
 
 
 def test_a_shorter_ack_timeout_expires_new_deliveries_first() -> None:

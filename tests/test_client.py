@@ -51,6 +51,8 @@ from tcpmq.models import (
 )
 from tcpmq.server import Server
 
+pytestmark = pytest.mark.every_store
+
 
 def url_of(server: Server) -> str:
     return f"tcpmq://{server.host}:{server.port}"

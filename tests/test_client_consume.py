@@ -20,6 +20,8 @@ from tcpmq.client import Client, ConnectionClosed, Delivery, connect
 from tcpmq.errors import NotFound
 from tcpmq.server import Server
 
+pytestmark = pytest.mark.every_store
+
 CHANNEL = "jobs"
 QUEUE = "work"
 

@@ -26,6 +26,8 @@ from conftest import (
 )
 from tcpmq.server import Server
 
+pytestmark = pytest.mark.every_store
+
 # The ops of protocol.md that need an authenticated connection.
 AUTHENTICATED_OPS = sorted(PROTOCOL_OPS - PRE_AUTH_OPS)
 

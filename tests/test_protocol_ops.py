@@ -32,6 +32,8 @@ from conftest import (
 )
 from tcpmq.server import Server
 
+pytestmark = pytest.mark.every_store
+
 # The fields each op documents (publish takes exactly one of data/messages).
 OP_FIELDS = {
     "ping": [],
@@ -39,6 +41,7 @@ OP_FIELDS = {
     "auth": ["token"],
     "whoami": [],
     "help": [],
+    "server.info": [],
     "user.create": ["name", "password", "role"],
     "user.list": [],
     "user.get": ["name"],
@@ -119,8 +122,12 @@ def claims_of(token: str) -> dict[str, Any]:
 
 
 def server_secret(server: Server, data_dir: Path) -> bytes:
-    """The server's signing key, read from `<data_dir>/secret` (hex text)."""
-    key = bytes.fromhex((data_dir / "secret").read_text().strip())
+    """The server's signing key: `<data_dir>/secret` (hex text), or in memory with no disk."""
+    if server.config.store == "memory":
+        assert not (data_dir / "secret").exists()
+        key = server.app.users.secret
+    else:
+        key = bytes.fromhex((data_dir / "secret").read_text().strip())
     # Make sure it is the key: a token the server minted verifies with it.
     jwt.decode(server.mint_token("admin"), key, algorithms=["HS256"])
     return key
@@ -625,7 +632,7 @@ async def test_user_delete_leaves_other_users_connected(
     assert await bob.ok("whoami") == {"ok": True, "user": "bob", "role": "user"}
 
 
-async def test_user_delete_deletes_their_queues_not_their_channels(
+async def test_user_delete_deletes_their_queues_and_hands_their_channels_to_the_admin(
     admin: Wire, alice: Wire, bob: Wire
 ) -> None:
     await admin.ok("channel.create", name="shared")
@@ -640,7 +647,11 @@ async def test_user_delete_deletes_their_queues_not_their_channels(
     assert [q["name"] for q in queues] == ["bob"]
     assert (await admin.ok("queue.list", channel="alices"))["queues"] == []
     channel = (await admin.ok("channel.get", name="alices"))["channel"]
-    assert channel["owner"] == "alice" and channel["queue_count"] == 0
+    assert channel["owner"] == "admin" and channel["queue_count"] == 0
+    # A new user of the same name inherits nothing.
+    await create_user(admin, "alice")
+    owners = {c["name"]: c["owner"] for c in (await admin.ok("channel.list"))["channels"]}
+    assert owners == {"alices": "admin", "shared": "admin"}
     published = await admin.ok("publish", channel="shared", data="after")
     assert published["queues"] == 1
     await admin.error("pull", "not_found", channel="shared", queue="alice")
@@ -855,6 +866,18 @@ async def test_subscribe_to_another_users_queue_is_forbidden(alice: Wire, bob: W
         ("alice", "alice", 30),
         ("shared", "alice", 30),
     ]
+
+
+async def test_an_admin_has_the_owners_rights_on_any_queue(admin: Wire, alice: Wire) -> None:
+    await alice.ok("channel.create", name="c")
+    await alice.ok("subscribe", channel="c", queue="work")
+    await alice.ok("publish", channel="c", data="job")
+    # As it may pull from it, an admin may subscribe to the queue: it stays alice's.
+    reply = await admin.ok("subscribe", channel="c", queue="work", ack_timeout=5)
+    assert reply["created"] is False
+    assert (reply["queue"]["owner"], reply["queue"]["ack_timeout"]) == ("alice", 5)
+    [message] = (await admin.ok("pull", channel="c", queue="work"))["messages"]
+    assert (await admin.ok("ack", channel="c", queue="work", ids=[message["id"]]))["acked"] == 1
 
 
 async def test_same_queue_name_in_different_channels(alice: Wire, bob: Wire) -> None:
@@ -1458,12 +1481,22 @@ async def test_shutdown_says_bye(tmp_path: Path) -> None:
         writer.close()
 
 
-async def test_users_and_channels_survive_a_restart(tmp_path: Path) -> None:
+async def test_a_restart_keeps_everything_on_log_and_nothing_on_memory(
+    tmp_path: Path, store: str
+) -> None:
     async with running_server(tmp_path / "data") as srv, open_user_wire(srv, "admin") as wire:
         await create_user(wire, "alice")
         await wire.ok("channel.create", name="c")
         token = srv.mint_token("alice")
     async with running_server(tmp_path / "data") as srv, open_wire(srv) as wire:
+        if store == "memory":
+            # No disk at all: a new secret, no users but the first admin, no channels.
+            await wire.error("auth", "auth_failed", token=token)
+            await wire.error("login", "auth_failed", user="alice", password=USER_PASSWORD)
+            await wire.ok("login", user="admin", password=ADMIN_PASSWORD)
+            await wire.error("channel.get", "not_found", name="c")
+            assert not (tmp_path / "data").exists()
+            return
         assert (await wire.ok("auth", token=token))["user"] == "alice"
         await wire.ok("login", user="alice", password=USER_PASSWORD)
         assert (await wire.ok("channel.get", name="c"))["channel"]["owner"] == "admin"

@@ -29,6 +29,8 @@ from conftest import (
 )
 from tcpmq.server import Server
 
+pytestmark = pytest.mark.every_store
+
 # How long a reply that should come at once may take on a slow machine.
 PROMPT = 5.0
 # How long a waiting pull is given to show that it really waits.

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from conftest import Wire, expect_error, open_user_wire, running_server
 from tcpmq.server import Server
+
+pytestmark = pytest.mark.every_store
 
 
 def _publish(channel: str, data: Any, rid: int | None = None) -> bytes:

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import Wire
 from processes import run_cli, serve
 
 CREATED = re.compile(rb"created user 'admin' with password (\S+)")
@@ -109,3 +110,29 @@ async def test_token_refuses_a_bad_ttl(tmp_path: Path, ttl: str) -> None:
         pass
     code, _, err = await run_cli("token", "admin", "--ttl", ttl, "--data-dir", str(data_dir))
     assert code == 1 and "--ttl" in err
+
+
+async def test_serve_with_the_memory_store_uses_no_disk(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    async with serve(data_dir, "--store", "memory", TCPMQ_ADMIN_PASSWORD="memory-test-pw") as srv:
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        wire = Wire(reader, writer)
+        await wire.recv()
+        await wire.ok("login", user="admin", password="memory-test-pw")
+        assert (await wire.ok("server.info"))["store"] == "memory"
+        await wire.ok("channel.create", name="c")
+        await wire.ok("subscribe", channel="c")
+        await wire.ok("publish", channel="c", data="in memory")
+        [message] = (await wire.ok("pull", channel="c"))["messages"]
+        assert message["data"] == "in memory"
+        srv.process.send_signal(signal.SIGTERM)
+        assert await wire.recv() == SHUTTING_DOWN_BYE
+        await wire.close()
+        assert await asyncio.wait_for(srv.process.wait(), 15) == 0
+    assert not data_dir.exists()
+
+
+SHUTTING_DOWN_BYE = {
+    "event": "bye",
+    "error": {"code": "shutting_down", "message": "server is shutting down"},
+}

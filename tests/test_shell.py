@@ -124,7 +124,7 @@ async def test_shell_logs_in_and_keeps_one_connection(tmp_path: Path) -> None:
             # One connection for the whole session: the server sees it once.
             terminal.type("channel add a" + ENTER)
             await terminal.expect(rf"admin@{host}> ")
-            assert len(cli.server.sessions) == 1
+            assert len(cli.server.connections) == 1
             terminal.type("exit" + ENTER)
             assert await terminal.wait() == 0
             assert ADMIN_PASSWORD not in terminal.output

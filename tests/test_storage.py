@@ -106,12 +106,44 @@ async def test_restart_keeps_users_channels_queues_settings_and_messages(tmp_pat
             billing = await client.pull("orders", queue="billing", max=100)
             assert [m.data["n"] for m in billing] == list(range(2, 10))
             assert [m.id for m in billing] == ids[2:]
-            assert all(m.attempt == 1 for m in billing)
+            # The two delivered before the restart keep their count.
+            assert [m.attempt for m in billing] == [2, 2, 1, 1, 1, 1, 1, 1]
             # Ids go on from where they were, never reused.
             more = await client.publish("orders", "next")
             assert more.message_ids == [ids[-1] + 1]
             channel = await client.channel_get("orders")
             assert channel.published == 11
+
+
+async def test_attempt_counts_survive_restarts_and_snapshots(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with durable_server(data) as server, admin_client(server) as client:
+        await client.channel_create("c")
+        await client.subscribe("c")
+        await client.subscribe("c", queue="other")
+        await client.publish_batch("c", ["a", "b", "c"])
+        for _ in range(3):  # "a" delivered three times
+            [first] = await client.pull("c", max=1)
+            await client.nack("c", [first.id])
+        await client.pull("c", max=2)  # "a" a fourth time, "b" once; both left in flight
+    async with durable_server(data) as server, admin_client(server) as client:
+        pulled = await client.pull("c", max=10)
+        assert [(m.data, m.attempt) for m in pulled] == [("a", 5), ("b", 2), ("c", 1)]
+        # Counts are per queue: the other queue never delivered anything.
+        assert [m.attempt for m in await client.pull("c", queue="other", max=10)] == [1, 1, 1]
+        await client.ack("c", [m.id for m in pulled if m.data == "c"])
+    # A snapshot (compaction) keeps the counts too, without the log before it.
+    async with (
+        durable_server(data, compact_min_bytes=4096) as server,
+        admin_client(server) as client,
+    ):
+        await client.channel_create("filler")
+        await client.subscribe("filler")
+        while server.store.snapshots_taken == 0:
+            await client.publish_batch("filler", ["x" * 100] * 50)
+    async with durable_server(data) as server, admin_client(server) as client:
+        pulled = await client.pull("c", max=10)
+        assert [(m.data, m.attempt) for m in pulled] == [("a", 6), ("b", 3)]
 
 
 async def test_messages_acked_out_of_order_leave_gaps_that_pulls_handle(tmp_path: Path) -> None:
@@ -444,7 +476,7 @@ async def test_compaction_under_load_loses_nothing_and_bounds_disk_use(tmp_path:
                 del expected_backlog[: len(slow)]
         assert worked == list(range(2000))
         assert server.store.snapshots_taken >= 2
-        live = sum(map(len, server.broker.channels["c"].queues["slow"].fresh))
+        live = sum(map(len, server.backend.broker.channels["c"].queues["slow"].fresh))
         # About twice the live data plus the compaction threshold, never the whole history.
         assert server.store.disk_bytes() <= 3 * live + 2 * 16384 + 8192
     async with durable_server(data, **storage) as server, admin_client(server) as client:

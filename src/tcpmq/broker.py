@@ -7,13 +7,17 @@ waiters.
 
 A channel holds one `Queue` per subscription. `publish` encodes each message
 once into its *head*, the delivery's JSON up to its attempt number, and
-appends the same bytes object to every queue. A queued message is nothing but
-that head (its id is read back from it when it is delivered): no object per
-message beside its bytes, which keeps a deep queue small. `fresh` is in id
-order, so when the first and last ids of a slice are as far apart as its
-length, the ids between need not be read. Within a queue a message
-is *ready* (in `fresh`, or in `retry` after a nack or ack timeout) or *in
-flight* (in one of the `lanes`, keyed by id, until acked or its deadline passes).
+appends the same bytes object to every queue. A message never delivered is
+nothing but that head in the queue's `fresh` deque: its metadata (id, publish
+time, publisher) is in the head, its attempt count is 0, and no object per
+message sits beside its bytes, which keeps a deep queue small. `fresh` is in
+id order, so when the first and last ids of a slice are as far apart as its
+length, the ids between need not be read. From its first delivery on, a
+message's life in one queue is an `Entry` (like beanstalkd's job struct): id,
+head, attempts, deadline, and room for an expiry time and a dead-letter
+reason. Within a queue a message is *ready* (in `fresh`, or in `retry` after a
+nack or ack timeout) or *in flight* (in one of the `lanes`, keyed by id, until
+acked or its deadline passes).
 
 Ordering: a pull takes the lowest ready ids. Every id in `retry` is lower than
 every id in `fresh` (a message reaches `retry` only after leaving the front of
@@ -33,11 +37,12 @@ queue has nothing ready; whatever makes messages ready (publish, nack, expiry)
 hands them to the waiters in the order they started waiting.
 
 Persistence: every change that must survive a restart (channels and queues
-created, changed or dropped, messages published, messages acked) is reported
-to a `Journal`, in the order it happens. Deliveries, nacks and expiries are
-not: after a restart every unacked message is simply ready again. Channels
-and queues carry a `uid` that is never reused, so the journal can tell a
-re-created channel from the one that was deleted.
+created, changed or dropped, messages published, delivered and acked) is
+reported to a `Journal`, in the order it happens. Nacks and expiries are not:
+after a restart every unacked message is ready again, with the attempt count
+its deliveries gave it. Channels and queues carry a `uid` that is never
+reused, so the journal can tell a re-created channel from the one that was
+deleted.
 """
 
 from __future__ import annotations
@@ -56,35 +61,47 @@ from .wire import encode_message_head, encode_timestamp, head_id
 #: A queued message: its encoded head (see `wire.encode_message_head`), shared
 #: by every queue of its channel.
 Message = bytes
+#: Message ids: a range when consecutive (the usual pull), else a list.
+Ids = range | list[int]
 
 
-class Delivery:
-    """A message in flight: delivered to a consumer, not yet acknowledged."""
+class Entry:
+    """A message's life in one queue from its first delivery on.
 
-    __slots__ = ("attempt", "deadline", "head", "id")
+    `attempts` counts deliveries so far (the one in flight included), so the
+    next delivery is attempt `attempts + 1`. `deadline` is the ack deadline
+    while in flight. `expires_at` and `reason` are the room message expiry and
+    dead letters will use: when the message stops being deliverable, and why
+    it was last returned.
+    """
 
-    def __init__(self, message_id: int, head: Message, attempt: int, deadline: float) -> None:
+    __slots__ = ("attempts", "deadline", "expires_at", "head", "id", "reason")
+
+    def __init__(self, message_id: int, head: Message, attempts: int, deadline: float) -> None:
         self.id = message_id
         self.head = head
-        self.attempt = attempt
+        self.attempts = attempts
         self.deadline = deadline
+        self.expires_at: float | None = None
+        self.reason: str | None = None
 
 
 class Journal(Protocol):
     """Where the broker reports the changes that must survive a restart."""
 
-    def channel_created(self, channel: Channel) -> None: ...
+    def channel_saved(self, channel: Channel) -> None: ...
     def channel_dropped(self, channel: Channel) -> None: ...
     def queue_saved(self, queue: Queue) -> None: ...
     def queue_dropped(self, queue: Queue) -> None: ...
     def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None: ...
+    def delivered(self, queue: Queue, ids: Ids) -> None: ...
     def acked(self, queue: Queue, ids: list[int]) -> None: ...
 
 
 class MemoryJournal:
     """Keeps nothing: the broker's state lives only in memory."""
 
-    def channel_created(self, channel: Channel) -> None:
+    def channel_saved(self, channel: Channel) -> None:
         pass
 
     def channel_dropped(self, channel: Channel) -> None:
@@ -99,6 +116,9 @@ class MemoryJournal:
     def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None:
         pass
 
+    def delivered(self, queue: Queue, ids: Ids) -> None:
+        pass
+
     def acked(self, queue: Queue, ids: list[int]) -> None:
         pass
 
@@ -108,7 +128,7 @@ class Waiter(Protocol):
 
     max: int
 
-    def wake(self, deliveries: list[Delivery]) -> None:
+    def wake(self, deliveries: list[Entry]) -> None:
         """The pull is answered with these deliveries (already in flight)."""
 
     def fail(self, error: TcpmqError) -> None:
@@ -154,10 +174,10 @@ class Queue:
         self.created_at = created_at
         self.fresh: deque[Message] = deque()
         self.ready_bytes = 0  # encoded size of fresh and retry messages
-        # (id, attempts so far, message): a heap, lowest id first.
-        self.retry: list[tuple[int, int, Message]] = []
+        # (id, entry): a heap, lowest id first.
+        self.retry: list[tuple[int, Entry]] = []
         # In-flight deliveries by id; each lane is in deadline order (see above).
-        self.lanes: list[dict[int, Delivery]] = []
+        self.lanes: list[dict[int, Entry]] = []
         self.lane_timeout = ack_timeout
         self.inflight_count = 0
         self.waiters: deque[Waiter] = deque()
@@ -181,9 +201,9 @@ class Queue:
             "inflight": self.inflight_count,
         }
 
-    def settle_all(self, ids: Iterable[int]) -> tuple[list[Delivery], list[int]]:
+    def settle_all(self, ids: Iterable[int]) -> tuple[list[Entry], list[int]]:
         """Take deliveries out of flight; returns them and the ids that were not in flight."""
-        settled: list[Delivery] = []
+        settled: list[Entry] = []
         unknown: list[int] = []
         if len(self.lanes) == 1:
             # The usual case, one lane: pop from it directly, not through `settle`.
@@ -204,7 +224,7 @@ class Queue:
                 settled.append(delivery)
         return settled, unknown
 
-    def settle(self, message_id: int) -> Delivery | None:
+    def settle(self, message_id: int) -> Entry | None:
         """Take a delivery out of flight (acked or nacked); None if not in flight."""
         lanes = self.lanes
         for index, lane in enumerate(lanes):
@@ -216,7 +236,7 @@ class Queue:
                 return delivery
         return None
 
-    def lane(self) -> dict[int, Delivery]:
+    def lane(self) -> dict[int, Entry]:
         """The lane for deliveries made now: a new one if the timeout was lowered.
 
         Put a delivery in flight by adding it there and counting it in `inflight_count`.
@@ -243,10 +263,15 @@ class Queue:
         """Every message the queue holds, ready or in flight, in id order."""
         held = list(self.fresh)
         if self.retry or self.inflight_count:
-            held.extend(entry[2] for entry in self.retry)
-            held.extend(d.head for lane in self.lanes for d in lane.values())
+            held.extend(entry.head for entry in self.entries())
             held.sort(key=head_id)
         return held
+
+    def entries(self) -> list[Entry]:
+        """The messages delivered at least once and not yet acked (ready or in flight)."""
+        entries = [entry for _, entry in self.retry]
+        entries.extend(entry for lane in self.lanes for entry in lane.values())
+        return entries
 
     def first_deadline(self) -> float | None:
         """The earliest ack deadline of the queue's in-flight deliveries."""
@@ -320,7 +345,7 @@ class Broker:
                 "too many channels", limit="max_channels", maximum=self.limits.max_channels
             )
         channel = self.channels[name] = Channel(name, owner, created_at, self._new_uid())
-        self.journal.channel_created(channel)
+        self.journal.channel_saved(channel)
         return channel
 
     def delete_channel(self, name: str) -> None:
@@ -342,8 +367,12 @@ class Broker:
         owner: str,
         ack_timeout: float | None,
         created_at: float,
+        admin: bool = False,
     ) -> tuple[Queue, bool]:
         """Find or create the queue; returns it and whether it was created.
+
+        An admin may subscribe to a queue of another user (it stays theirs),
+        as it may pull from it: admins have every right a queue's owner has.
 
         Raises:
             NotFound: no such channel.
@@ -353,7 +382,7 @@ class Broker:
         channel = self.channel(channel_name)
         queue = channel.queues.get(queue_name)
         if queue is not None:
-            if queue.owner != owner:
+            if queue.owner != owner and not admin:
                 raise Forbidden(
                     f"queue {queue_name!r} of channel {channel_name!r} belongs to another user"
                 )
@@ -380,8 +409,12 @@ class Broker:
         self.journal.queue_dropped(queue)
         self._drop_queue(self.channels[channel_name], queue)
 
-    def delete_queues_of(self, owner: str) -> int:
-        """Delete every queue `owner` owns (the user is being deleted)."""
+    def delete_user(self, owner: str, heir: str) -> int:
+        """The user `owner` is being deleted: drop its queues, hand its channels to `heir`.
+
+        Its channels stay (other users' queues on them keep their messages);
+        they pass to `heir`, the admin deleting the user. Returns the queues dropped.
+        """
         doomed = [
             (channel, queue)
             for channel in self.channels.values()
@@ -391,6 +424,10 @@ class Broker:
         for channel, queue in doomed:
             self.journal.queue_dropped(queue)
             self._drop_queue(channel, queue)
+        for channel in self.channels.values():
+            if channel.owner == owner:
+                channel.owner = heir
+                self.journal.channel_saved(channel)
         return len(doomed)
 
     def _drop_queue(self, channel: Channel, queue: Queue) -> None:
@@ -457,7 +494,7 @@ class Broker:
                 self._serve_waiters(queue, now)
         return list(range(first, first + len(messages))), len(queues)
 
-    def pull(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
+    def pull(self, queue: Queue, max_messages: int, now: float) -> list[Entry]:
         """Put up to `max_messages` ready messages in flight and return them."""
         if queue.inflight_count >= self.limits.max_inflight:
             return []
@@ -505,7 +542,7 @@ class Broker:
             if queue.deleted or at != queue.scheduled_at:
                 continue  # superseded by an earlier entry for the same queue
             queue.scheduled_at = None
-            due: list[Delivery] = []
+            due: list[Entry] = []
             for lane in queue.lanes:
                 for delivery in lane.values():
                     if delivery.deadline > now:
@@ -530,7 +567,7 @@ class Broker:
 
     # -- internals --------------------------------------------------------
 
-    def _take(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
+    def _take(self, queue: Queue, max_messages: int, now: float) -> list[Entry]:
         room = self.limits.max_inflight - queue.inflight_count
         count = min(max_messages, room)
         if count <= 0:
@@ -543,7 +580,7 @@ class Broker:
         fresh = queue.fresh
         # Every delivery of one pull has the same deadline, so the same lane.
         lane = queue.lane() if retry or fresh else {}
-        taken: list[Delivery] = []
+        taken: list[Entry] = []
         size = 0
         if not retry:
             # The usual case: only fresh messages, and all those taken fit in
@@ -555,22 +592,28 @@ class Broker:
                 popleft = fresh.popleft
                 heads = [popleft() for _ in range(fitting)]
                 ids = _slice_ids(heads)
-                taken = list(map(Delivery, ids, heads, [1] * fitting, [deadline] * fitting))
+                taken = list(map(Entry, ids, heads, [1] * fitting, [deadline] * fitting))
                 lane.update(zip(ids, taken, strict=True))
-                size = total
+                queue.ready_bytes -= total
+                queue.inflight_count += fitting
+                self._schedule(queue, deadline)
+                self.journal.delivered(queue, ids)
+                return taken
         while len(taken) < count:
             if retry:
-                message = retry[0][2]
+                delivery = retry[0][1]
+                message = delivery.head
                 if taken and len(message) + 24 > budget:
                     break
-                message_id, attempts, _ = heapq.heappop(retry)
-                delivery = Delivery(message_id, message, attempts + 1, deadline)
+                heapq.heappop(retry)
+                delivery.attempts += 1
+                delivery.deadline = deadline
             elif fresh:
                 message = fresh[0]
                 if taken and len(message) + 24 > budget:
                     break
                 fresh.popleft()
-                delivery = Delivery(head_id(message), message, 1, deadline)
+                delivery = Entry(head_id(message), message, 1, deadline)
             else:
                 break
             budget -= len(message) + 24
@@ -581,12 +624,13 @@ class Broker:
             queue.ready_bytes -= size
             queue.inflight_count += len(taken)
             self._schedule(queue, deadline)
+            self.journal.delivered(queue, [delivery.id for delivery in taken])
         return taken
 
-    def _requeue(self, queue: Queue, deliveries: list[Delivery], now: float) -> None:
+    def _requeue(self, queue: Queue, deliveries: list[Entry], now: float) -> None:
         retry = queue.retry
         for delivery in deliveries:
-            heapq.heappush(retry, (delivery.id, delivery.attempt, delivery.head))
+            heapq.heappush(retry, (delivery.id, delivery))
             queue.ready_bytes += len(delivery.head)
         if queue.waiters:
             self._serve_waiters(queue, now)

@@ -98,12 +98,22 @@ class StorageConfig:
             raise ValueError("segment_bytes and compact_min_bytes must be at least 4096")
 
 
+#: The backends `--store` can name: "log" keeps the state in the data dir's
+#: journal (durable), "memory" keeps it only in the process (lost on restart).
+STORES = ("log", "memory")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: Path = field(default_factory=default_data_dir)
+    store: str = "log"
     limits: Limits = field(default_factory=Limits)
     storage: StorageConfig = field(default_factory=StorageConfig)
     # Seconds a graceful shutdown waits for connections before closing them.
     shutdown_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.store not in STORES:
+            raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")

@@ -77,11 +77,27 @@ class BadJson(TcpmqError):
 class BadRequest(TcpmqError):
     code = ErrorCode.BAD_REQUEST
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        if field is None:
-            super().__init__(message)
-        else:
-            super().__init__(message, field=field)
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        minimum: int | float | None = None,
+        maximum: int | float | None = None,
+        limit: str | None = None,
+    ) -> None:
+        # Only the details that apply go on the wire: `field` names the
+        # offending field, `min`/`max` the allowed range, `limit` the setting.
+        details: dict[str, Any] = {}
+        if field is not None:
+            details["field"] = field
+        if limit is not None:
+            details["limit"] = limit
+        if minimum is not None:
+            details["min"] = minimum
+        if maximum is not None:
+            details["max"] = maximum
+        super().__init__(message, **details)
 
 
 class UnknownOp(TcpmqError):

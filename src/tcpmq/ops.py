@@ -1,98 +1,115 @@
-"""The op handlers: what each request does to the broker state.
+"""The op handlers: what each request does.
 
-A handler takes the session it runs for and its validated request, checks
-permissions and the configurable limits, and returns a `Result` (see
-pending.py) or a `Pending` for replies that come later. Handlers raise
-`TcpmqError`s for refusals; the session turns them into error replies. They
-never touch sockets.
+A handler is `handler(app, caller, request)`: the application (backend,
+user directory, signer, limits; see app.py), who is asking, and the
+validated request. It checks permissions and the configurable limits, calls
+the backend or the user directory, and returns a `Result` (see pending.py)
+or a `Pending` for replies that come later. Refusals are `TcpmqError`s,
+which the connection turns into error replies. Handlers know no sockets and
+no connection.
+
+Publish is the one op the connection does not call through `HANDLERS`:
+`decode_publish` validates every publish (whatever its shape) and the
+connection joins consecutive publishes to one channel into a `PublishRun`,
+published with one backend call (see connection.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from . import wire
+from . import info, wire
+from .app import App, Caller
 from .auth import DUMMY_HASH
-from .broker import Delivery, Queue
-from .errors import AlreadyExists, AuthFailed, BadRequest, Forbidden, TcpmqError
+from .errors import AlreadyExists, AuthFailed, BadRequest, Forbidden, InternalError, TcpmqError
 from .pending import Pending, Result
 from .users import User
 
-if TYPE_CHECKING:
-    from .session import Session
+log = logging.getLogger(__name__)
 
-Handler = Callable[["Session", Any], Result | Pending]
+Handler = Callable[[App, Caller, Any], Result | Pending]
+T = TypeVar("T")
 
 
-def _require_admin(session: Session) -> None:
-    if not session.is_admin:
+def _require_admin(caller: Caller) -> None:
+    if not caller.is_admin:
         raise Forbidden("only admins may do this")
 
 
-def _user(session: Session) -> User:
-    user = session.user
-    assert user is not None, "the session's state table admits only auth/login/ping before auth"
-    return user
-
-
-# -- session --------------------------------------------------------------
-
-
-def op_ping(session: Session, request: wire.NoFields) -> Result:
-    return None
-
-
-def op_auth(session: Session, request: wire.AuthRequest) -> Result:
-    claims = session.server.signer.verify(request.token)
-    user = session.server.users.find(claims.user)
-    if user is None or user.uid != claims.uid:
-        raise AuthFailed("the token's user no longer exists")
-    session.authenticate(user)
-    return {"user": user.name, "role": user.role, "expires_at": claims.expires_at}
-
-
-def op_login(session: Session, request: wire.LoginRequest) -> Pending:
-    server = session.server
-    limits = server.config.limits
-    ttl = limits.default_token_ttl if request.ttl is None else request.ttl
-    if ttl > limits.max_token_ttl:
-        raise BadRequest(f"ttl: at most {limits.max_token_ttl} seconds", field="ttl")
-    user = server.users.find(request.user)
+def _later(work: Awaitable[T], answer: Callable[[T], Result]) -> Pending:
+    """A reply made by `answer` from the result of `work` once it is done."""
     pending = Pending()
-    stored = DUMMY_HASH if user is None else user.password_hash
-    check = server.check_password(request.password, stored)
 
-    def checked(task: asyncio.Future[bool]) -> None:
+    def done(task: asyncio.Future[T]) -> None:
         if pending.done:
             return
-        # The user may have been deleted (or replaced) while the hash ran.
-        if not task.result() or user is None or server.users.find(user.name) is not user:
-            pending.complete(AuthFailed("wrong user name or password"))
-            return
         try:
-            session.authenticate(user)
+            outcome: Result | TcpmqError = answer(task.result())
         except TcpmqError as exc:
-            pending.complete(exc)
-            return
-        now = time.time()
-        token = server.signer.mint(user.name, user.role, user.uid, ttl, now=now)
-        pending.complete(
-            {"user": user.name, "role": user.role, "token": token, "expires_at": int(now) + ttl}
-        )
+            outcome = exc
+        except Exception:
+            log.exception("internal error completing a request")
+            outcome = InternalError("internal server error")
+        pending.complete(outcome)
 
-    check.add_done_callback(checked)
+    asyncio.ensure_future(work).add_done_callback(done)
     return pending
 
 
-def op_whoami(session: Session, request: wire.NoFields) -> Result:
-    user = _user(session)
-    return {"user": user.name, "role": user.role}
+def _check_range(field: str, value: float, minimum: float, maximum: float, unit: str = "") -> None:
+    if not minimum <= value <= maximum:
+        raise BadRequest(
+            f"{field}: between {minimum:g} and {maximum:g}{unit}",
+            field=field,
+            minimum=minimum,
+            maximum=maximum,
+        )
 
 
-def op_help(session: Session, request: wire.NoFields) -> Result:
+# -- session ------------------------------------------------------------------
+
+
+def op_ping(app: App, caller: Caller, request: wire.NoFields) -> Result:
+    return None
+
+
+def op_auth(app: App, caller: Caller, request: wire.AuthRequest) -> Result:
+    claims = app.signer.verify(request.token)
+    user = app.users.find(claims.user)
+    if user is None or user.uid != claims.uid:
+        raise AuthFailed("the token's user no longer exists")
+    app.connections.authenticate(caller, user)
+    return {"user": user.name, "role": user.role, "expires_at": claims.expires_at}
+
+
+def op_login(app: App, caller: Caller, request: wire.LoginRequest) -> Pending:
+    limits = app.limits
+    ttl = limits.default_token_ttl if request.ttl is None else request.ttl
+    _check_range("ttl", ttl, 1, limits.max_token_ttl, " seconds")
+    user = app.users.find(request.user)
+    stored = DUMMY_HASH if user is None else user.password_hash
+
+    def checked(matches: bool) -> Result:
+        # The user may have been deleted (or replaced) while the hash ran.
+        if not matches or user is None or app.users.find(user.name) is not user:
+            raise AuthFailed("wrong user name or password")
+        app.connections.authenticate(caller, user)
+        now = time.time()
+        token = app.signer.mint(user.name, user.role, user.uid, ttl, now=now)
+        return {"user": user.name, "role": user.role, "token": token, "expires_at": int(now) + ttl}
+
+    return _later(app.passwords.check(request.password, stored), checked)
+
+
+def op_whoami(app: App, caller: Caller, request: wire.NoFields) -> Result:
+    return {"user": caller.name, "role": "admin" if caller.is_admin else "user"}
+
+
+def op_help(app: App, caller: Caller, request: wire.NoFields) -> Result:
     return {
         "ops": [
             {"op": name, "fields": spec.fields, "summary": spec.summary}
@@ -101,284 +118,264 @@ def op_help(session: Session, request: wire.NoFields) -> Result:
     }
 
 
-# -- users ------------------------------------------------------------------
+def op_server_info(app: App, caller: Caller, request: wire.NoFields) -> Result:
+    return info.server_info(app.limits, app.backend.name)
 
 
-def op_user_create(session: Session, request: wire.UserCreateRequest) -> Pending:
-    _require_admin(session)
-    server = session.server
-    if server.users.find(request.name) is not None:
+# -- users --------------------------------------------------------------------
+
+
+def op_user_create(app: App, caller: Caller, request: wire.UserCreateRequest) -> Pending:
+    _require_admin(caller)
+    if app.users.find(request.name) is not None:
         raise AlreadyExists(f"user {request.name!r} already exists")
-    pending = Pending()
-    hashing = server.make_password_hash(request.password)
 
-    def hashed(task: asyncio.Future[str]) -> None:
-        if pending.done:
-            return
-        try:
-            user = server.users.create(request.name, request.role, task.result(), time.time())
-        except TcpmqError as exc:
-            pending.complete(exc)
-            return
-        pending.complete({"user": user.info()})
+    async def create() -> User:
+        password_hash = await app.passwords.hash(request.password)
+        return await app.users.create(request.name, request.role, password_hash, time.time())
 
-    hashing.add_done_callback(hashed)
-    return pending
+    return _later(create(), lambda user: {"user": user.info()})
 
 
-def op_user_list(session: Session, request: wire.NoFields) -> Result:
-    _require_admin(session)
-    return {"users": [user.info() for user in session.server.users.list()]}
+def op_user_list(app: App, caller: Caller, request: wire.NoFields) -> Result:
+    _require_admin(caller)
+    return {"users": [user.info() for user in app.users.list()]}
 
 
-def op_user_get(session: Session, request: wire.NameRequest) -> Result:
-    if not session.is_admin and _user(session).name != request.name:
+def op_user_get(app: App, caller: Caller, request: wire.NameRequest) -> Result:
+    if not caller.is_admin and caller.name != request.name:
         raise Forbidden("only admins may see other users")
-    return {"user": session.server.users.get(request.name).info()}
+    return {"user": app.users.get(request.name).info()}
 
 
-def op_user_delete(session: Session, request: wire.NameRequest) -> Result:
-    _require_admin(session)
-    server = session.server
-    user = server.users.delete(request.name)
-    server.broker.delete_queues_of(user.name)
-    server.end_sessions_of(user.name)
-    return None
+def op_user_delete(app: App, caller: Caller, request: wire.NameRequest) -> Pending:
+    _require_admin(caller)
+    app.users.get(request.name)  # not_found now, before any work
+
+    def deleted(user: User) -> Result:
+        # Its queues go; its channels pass to the admin who deleted it.
+        app.backend.delete_user(user.name, caller.name)
+        app.connections.end_user(user.name)
+        return None
+
+    return _later(app.users.delete(request.name), deleted)
 
 
-# -- channels ---------------------------------------------------------------
+# -- channels -----------------------------------------------------------------
 
 
-def op_channel_create(session: Session, request: wire.NameRequest) -> Result:
-    channel = session.server.broker.create_channel(request.name, _user(session).name, time.time())
-    return {"channel": channel.info()}
+def op_channel_create(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
+    return app.backend.create_channel(request.name, caller.name, time.time())
 
 
-def op_channel_list(session: Session, request: wire.NoFields) -> Result:
-    channels = session.server.broker.channels
-    return {"channels": [channels[name].info() for name in sorted(channels)]}
+def op_channel_list(app: App, caller: Caller, request: wire.NoFields) -> Result | Pending:
+    return app.backend.list_channels()
 
 
-def op_channel_get(session: Session, request: wire.NameRequest) -> Result:
-    channel = session.server.broker.channel(request.name)
-    info = channel.info()
-    info["queues"] = [channel.queues[name].info() for name in sorted(channel.queues)]
-    return {"channel": info}
+def op_channel_get(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
+    return app.backend.get_channel(request.name)
 
 
-def op_channel_delete(session: Session, request: wire.NameRequest) -> Result:
-    broker = session.server.broker
-    channel = broker.channel(request.name)
-    if not session.is_admin and channel.owner != _user(session).name:
-        raise Forbidden(f"only the owner of channel {channel.name!r} or an admin may delete it")
-    broker.delete_channel(request.name)
-    return None
+def op_channel_delete(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
+    return app.backend.delete_channel(request.name, caller.name, caller.is_admin)
 
 
-# -- queues -----------------------------------------------------------------
+# -- queues -------------------------------------------------------------------
 
 
-def op_subscribe(session: Session, request: wire.SubscribeRequest) -> Result:
-    limits = session.server.config.limits
-    ack_timeout = request.ack_timeout
-    if ack_timeout is not None and not (
-        limits.min_ack_timeout <= ack_timeout <= limits.max_ack_timeout
-    ):
-        raise BadRequest(
-            f"ack_timeout: between {limits.min_ack_timeout} and {limits.max_ack_timeout} seconds",
-            field="ack_timeout",
+def op_subscribe(app: App, caller: Caller, request: wire.SubscribeRequest) -> Result | Pending:
+    limits = app.limits
+    if request.ack_timeout is not None:
+        _check_range(
+            "ack_timeout",
+            request.ack_timeout,
+            limits.min_ack_timeout,
+            limits.max_ack_timeout,
+            " seconds",
         )
-    user = _user(session)
-    queue, created = session.server.broker.subscribe(
-        request.channel, request.queue or user.name, user.name, ack_timeout, time.time()
+    return app.backend.subscribe(
+        request.channel,
+        request.queue or caller.name,
+        caller.name,
+        caller.is_admin,
+        request.ack_timeout,
+        time.time(),
     )
-    return {"queue": queue.info(), "created": created}
 
 
-def op_queue_list(session: Session, request: wire.ChannelRequest) -> Result:
-    queues = session.server.broker.channel(request.channel).queues
-    return {"queues": [queues[name].info() for name in sorted(queues)]}
+def op_queue_list(app: App, caller: Caller, request: wire.ChannelRequest) -> Result | Pending:
+    return app.backend.list_queues(request.channel)
 
 
-def op_queue_delete(session: Session, request: wire.QueueDeleteRequest) -> Result:
-    broker = session.server.broker
-    queue = broker.queue(request.channel, request.queue)
-    user = _user(session).name
-    if not (
-        session.is_admin or queue.owner == user or broker.channels[request.channel].owner == user
-    ):
-        raise Forbidden("only the queue's owner, the channel's owner or an admin may delete it")
-    broker.delete_queue(request.channel, request.queue)
-    return None
+def op_queue_delete(app: App, caller: Caller, request: wire.QueueDeleteRequest) -> Result | Pending:
+    return app.backend.delete_queue(request.channel, request.queue, caller.name, caller.is_admin)
 
 
-# -- messages: the hot path -------------------------------------------------
+# -- messages: the hot path ---------------------------------------------------
+
+# Channel names already seen valid: the common publish shape checks its name
+# with one set lookup instead of the pattern. Bounded; cleared when full.
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX = 4096
 
 
-def op_publish(session: Session, request: wire.PublishRequest) -> Result:
+def _valid_name(name: object) -> bool:
+    if type(name) is not str:
+        return False
+    if name in _VALID_NAMES:
+        return True
+    if wire.NAME_RE.match(name) is None:
+        return False
+    if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
+    return True
+
+
+def decode_publish(
+    app: App, caller: Caller, fields: dict[str, Any]
+) -> tuple[str, bytes | list[bytes]]:
+    """Validate a publish request: its channel and its messages, encoded.
+
+    Returns the channel and the encoded `data` (bytes), or the list of the
+    encoded `messages`: the one-message shape costs no list.
+
+    Every publish passes here, so a check added to publish applies to all.
+    The common shape (a channel and one `data`) is checked by hand, which is
+    all the validation it needs; every other shape, errors included, goes
+    through the request model.
+
+    Raises:
+        BadRequest: naming the offending field.
+    """
+    if len(fields) == 2 and "data" in fields:
+        channel = fields.get("channel")
+        if type(channel) is str and (channel in _VALID_NAMES or _valid_name(channel)):
+            return channel, wire.encode_data(fields["data"])
+    request = wire.decode_fields("publish", fields)
+    assert isinstance(request, wire.PublishRequest)
     has_data = not wire.is_absent(request.data)
     if has_data == (request.messages is not None):
         raise BadRequest("give exactly one of data and messages", field="data")
     if has_data:
-        datas = [wire.encode_data(request.data)]
-    else:
-        assert request.messages is not None
-        max_batch = session.server.config.limits.max_batch
-        if len(request.messages) > max_batch:
-            raise BadRequest(f"messages: at most {max_batch} per publish", field="messages")
-        datas = [wire.encode_data(value) for value in request.messages]
-    return _publish(session, request.channel, datas)
-
-
-def one_message_publish(session: Session, fields: dict[str, Any]) -> tuple[str, bytes] | None:
-    """The channel and encoded data of a publish of one `data` to an existing channel.
-
-    Nearly every publish has this shape, and checking the shape is all the
-    validation it needs: a channel that exists has a valid name, and any JSON
-    value is valid data. Returns None for every other shape, which takes the
-    validated path (`op_publish`), errors included.
-    """
-    if len(fields) != 2 or "data" not in fields:
-        return None
-    channel = fields.get("channel")
-    if type(channel) is not str or channel not in session.server.broker.channels:
-        return None
-    return channel, wire.encode_data(fields["data"])
+        return request.channel, wire.encode_data(request.data)
+    assert request.messages is not None
+    max_batch = app.limits.max_batch
+    if len(request.messages) > max_batch:
+        raise BadRequest(
+            f"messages: at most {max_batch} per publish",
+            field="messages",
+            minimum=1,
+            maximum=max_batch,
+        )
+    return request.channel, wire.encode_messages(request.messages)
 
 
 class PublishRun:
-    """One-message publishes to one channel, read together, published as one batch.
+    """Publishes to one channel, read together, published as one batch.
 
     A client that pipelines publishes sends them in runs, and publishing a run
     at once (one id range, one journal record, one timestamp, one wake of the
-    waiting pulls) costs a fraction of publishing each alone. The session ends
-    a run before it handles any other request, so every effect still happens
-    in request order, and each publish gets its own reply. If the batch would
-    overflow a queue they are published one by one instead, so each gets the
-    result it would have had alone.
+    waiting pulls) costs a fraction of publishing each alone. The connection
+    ends a run before it handles any other request, so every effect still
+    happens in request order, and each publish gets its own reply. If the
+    batch would overflow a queue they are published one by one instead, so
+    each gets the result it would have had alone.
     """
 
-    __slots__ = ("channel", "datas", "heads", "size")
+    __slots__ = ("channel", "counts", "datas", "heads", "size")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.datas: list[bytes] = []
         self.heads: list[bytes] = []  # each request's reply head (its id)
+        # Each request's number of messages; None while every one has one.
+        self.counts: list[int] | None = None
         self.size = 0
 
     def add(self, head: bytes, data: bytes) -> None:
+        """Add a publish of one message (nearly every publish)."""
         self.heads.append(head)
         self.datas.append(data)
         self.size += len(data)
+        if self.counts is not None:
+            self.counts.append(1)
 
-    def replies(self, session: Session) -> list[bytes]:
+    def add_batch(self, head: bytes, datas: list[bytes], size: int) -> None:
+        """Add a publish of `messages` (encoded, `size` bytes together)."""
+        if self.counts is None:
+            self.counts = [1] * len(self.heads)
+        self.heads.append(head)
+        self.counts.append(len(datas))
+        self.datas.extend(datas)
+        self.size += size
+
+    def replies(self, app: App, caller: Caller) -> list[bytes]:
         """Publish the run; the reply line of each publish, in order."""
-        server = session.server
-        heads = self.heads
-        try:
-            ids, queues = server.broker.publish(
-                self.channel, self.datas, session.user_json, time.time(), server.now()
-            )
-        except TcpmqError:
-            replies = []
-            for head, data in zip(heads, self.datas, strict=True):
-                try:
-                    replies.append(wire.reply_ok(head, _publish(session, self.channel, [data])))
-                except TcpmqError as exc:
-                    replies.append(wire.reply_error(head, exc))
-            return replies
+        publish = app.backend.publish
         reply = wire.publish_reply
-        return [
-            reply(head, message_id, queues) for head, message_id in zip(heads, ids, strict=True)
-        ]
+        publisher = caller.name_json
+        now = time.time()
+        try:
+            first, queues = publish(self.channel, self.datas, publisher, now)
+        except TcpmqError as exc:
+            if len(self.heads) == 1:
+                return [wire.reply_error(self.heads[0], exc)]
+            return self._one_by_one(app, caller, now)
+        counts = self.counts
+        if counts is None:  # one message each: the usual run
+            return [reply(head, first + i, 1, queues) for i, head in enumerate(self.heads)]
+        replies = []
+        for head, count in zip(self.heads, counts, strict=True):
+            replies.append(reply(head, first, count, queues))
+            first += count
+        return replies
+
+    def _one_by_one(self, app: App, caller: Caller, now: float) -> list[bytes]:
+        replies = []
+        start = 0
+        counts = self.counts or [1] * len(self.heads)
+        for head, count in zip(self.heads, counts, strict=True):
+            datas = self.datas[start : start + count]
+            start += count
+            try:
+                first, queues = app.backend.publish(self.channel, datas, caller.name_json, now)
+            except TcpmqError as exc:
+                replies.append(wire.reply_error(head, exc))
+            else:
+                replies.append(wire.publish_reply(head, first, count, queues))
+        return replies
 
 
-def _publish(session: Session, channel: str, datas: list[bytes]) -> Result:
-    server = session.server
-    ids, queues = server.broker.publish(
-        channel, datas, session.user_json, time.time(), server.now()
+def op_pull(app: App, caller: Caller, request: wire.PullRequest) -> Result | Pending:
+    limits = app.limits
+    _check_range("max", request.max, 1, limits.max_batch)
+    _check_range("wait", request.wait, 0, limits.max_wait, " seconds")
+    return app.backend.pull(
+        request.channel,
+        request.queue or caller.name,
+        caller.name,
+        caller.is_admin,
+        request.max,
+        request.wait,
     )
-    return wire.publish_fields(ids[0], len(ids), queues)
 
 
-def _owned_queue(session: Session, channel: str, name: str | None) -> Queue:
-    user = _user(session).name
-    queue = session.server.broker.queue(channel, name or user)
-    if queue.owner != user and not session.is_admin:
-        raise Forbidden(f"queue {queue.name!r} belongs to another user")
-    return queue
+def op_ack(app: App, caller: Caller, request: wire.AckRequest) -> Result | Pending:
+    _check_range("ids", len(request.ids), 1, app.limits.max_batch, " ids")
+    queue = request.queue or caller.name
+    return app.backend.ack(request.channel, queue, caller.name, caller.is_admin, request.ids)
 
 
-def _encode_deliveries(deliveries: list[Delivery]) -> bytes:
-    return wire.pull_fields([d.head for d in deliveries], [d.attempt for d in deliveries])
+def op_nack(app: App, caller: Caller, request: wire.AckRequest) -> Result | Pending:
+    _check_range("ids", len(request.ids), 1, app.limits.max_batch, " ids")
+    queue = request.queue or caller.name
+    return app.backend.nack(request.channel, queue, caller.name, caller.is_admin, request.ids)
 
 
-class PullWaiter(Pending):
-    """A long-poll pull parked on a queue until messages arrive or `wait` passes."""
-
-    __slots__ = ("_broker", "_queue", "_timer", "max")
-
-    def __init__(self, session: Session, queue: Queue, max_messages: int, wait: float) -> None:
-        super().__init__()
-        self.max = max_messages
-        self._broker = session.server.broker
-        self._queue = queue
-        self._timer = session.server.loop.call_later(wait, self._time_out)
-
-    def wake(self, deliveries: list[Delivery]) -> None:
-        self.complete(_encode_deliveries(deliveries))
-
-    def fail(self, error: TcpmqError) -> None:
-        self.complete(error)
-
-    def _time_out(self) -> None:
-        self.complete(b'"messages":[]}')
-
-    def stop_waiting(self) -> None:
-        # A waiter exists only while nothing is ready: the answer now is none.
-        # Waiting on would deliver messages into flight for a client that may
-        # be gone, to come back only after their ack timeout.
-        self._time_out()
-
-    def release(self) -> None:
-        self._timer.cancel()
-        self._broker.cancel_wait(self._queue, self)
-
-
-def op_pull(session: Session, request: wire.PullRequest) -> Result | Pending:
-    limits = session.server.config.limits
-    if request.max > limits.max_batch:
-        raise BadRequest(f"max: at most {limits.max_batch}", field="max")
-    if request.wait > limits.max_wait:
-        raise BadRequest(f"wait: at most {limits.max_wait} seconds", field="wait")
-    queue = _owned_queue(session, request.channel, request.queue)
-    broker = session.server.broker
-    deliveries = broker.pull(queue, request.max, session.server.now())
-    if deliveries or request.wait == 0:
-        return _encode_deliveries(deliveries)
-    waiter = PullWaiter(session, queue, request.max, request.wait)
-    broker.wait(queue, waiter)
-    return waiter
-
-
-def _check_ids(session: Session, ids: list[int]) -> None:
-    max_batch = session.server.config.limits.max_batch
-    if len(ids) > max_batch:
-        raise BadRequest(f"ids: at most {max_batch}", field="ids")
-
-
-def op_ack(session: Session, request: wire.AckRequest) -> Result:
-    _check_ids(session, request.ids)
-    queue = _owned_queue(session, request.channel, request.queue)
-    acked, unknown = session.server.broker.ack(queue, request.ids, session.server.now())
-    return {"acked": acked, "unknown": unknown}
-
-
-def op_nack(session: Session, request: wire.AckRequest) -> Result:
-    _check_ids(session, request.ids)
-    queue = _owned_queue(session, request.channel, request.queue)
-    requeued, unknown = session.server.broker.nack(queue, request.ids, session.server.now())
-    return {"requeued": requeued, "unknown": unknown}
+def op_publish(app: App, caller: Caller, request: object) -> Result:
+    # Publishes never come here: the connection runs them (see PublishRun).
+    raise AssertionError("publish is handled by the connection's publish runs")
 
 
 HANDLERS: dict[str, Handler] = {
@@ -387,6 +384,7 @@ HANDLERS: dict[str, Handler] = {
     "login": op_login,
     "whoami": op_whoami,
     "help": op_help,
+    "server.info": op_server_info,
     "user.create": op_user_create,
     "user.list": op_user_list,
     "user.get": op_user_get,

@@ -1,25 +1,38 @@
-"""The user directory, kept in `users.json` in the data directory.
+"""The user directory: users and the token-signing secret, behind one interface.
 
-Users change rarely and are needed offline (`tcpmq token` mints a token without
-a running server), so they are stored as one small JSON document, rewritten
-atomically with fsync on every change and readable by the owner only. Each
-user has a random `uid`: tokens carry it, so a token dies with its user even if
-a user of the same name is created later.
+`UserDirectory` is what handlers see: reads answer at once from memory,
+changes are coroutines that return once the change is stored (a later Redis
+directory answers over the network). Two directories exist:
+
+- `FileUserDirectory` keeps `users.json` and `secret` in the data directory.
+  Users change rarely and are needed offline (`tcpmq token` mints a token
+  without a running server), so they are one small JSON document, rewritten
+  atomically with fsync on every change, readable by the owner only. The
+  rewrite runs in a worker thread, never on the event loop, and changes take
+  turns: each one is checked and written with the previous one finished.
+- `MemoryUserDirectory` keeps them in the process (`--store memory`): a new
+  random secret at every start, nothing on disk.
+
+Each user has a random `uid`: tokens carry it, so a token dies with its user
+even if a user of the same name is created later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
-from .auth import write_private_file
+from .auth import load_or_create_secret, write_private_file
 from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound
 
 USERS_FILE = "users.json"
 FORMAT_VERSION = 1
+_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,60 +47,128 @@ class User:
         return {"name": self.name, "role": self.role, "created_at": self.created_at}
 
 
-class UserStore:
-    def __init__(self, data_dir: Path, max_users: int) -> None:
-        self.path = data_dir / USERS_FILE
-        self.max_users = max_users
-        self._users: dict[str, User] = {}
+class UserDirectory(Protocol):
+    """Users and the secret tokens are signed with."""
 
     @property
-    def exists(self) -> bool:
-        return self.path.exists()
+    def secret(self) -> bytes: ...
 
-    def load(self) -> None:
-        document = orjson.loads(self.path.read_bytes())
-        if document.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: unsupported format version {document.get('version')!r}")
-        self._users = {entry["name"]: User(**entry) for entry in document["users"]}
+    @property
+    def empty(self) -> bool:
+        """No user exists yet: the first admin must be created."""
 
-    def save(self) -> None:
-        self._write(self._users)
+    def find(self, name: str) -> User | None: ...
 
-    def _write(self, users: dict[str, User]) -> None:
-        document = {
-            "version": FORMAT_VERSION,
-            "users": [asdict(user) for user in sorted(users.values(), key=lambda u: u.name)],
-        }
-        write_private_file(self.path, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    def get(self, name: str) -> User:
+        """Raises: NotFound."""
+
+    def list(self) -> list[User]:
+        """Every user, sorted by name."""
+
+    async def create(self, name: str, role: str, password_hash: str, created_at: float) -> User:
+        """Store a new user; returns it once stored.
+
+        Raises:
+            AlreadyExists: a user of that name exists.
+            LimitExceeded: `max_users` users exist.
+        """
+
+    async def delete(self, name: str) -> User:
+        """Remove a user; returns it once the removal is stored.
+
+        Raises:
+            NotFound: no such user.
+            Forbidden: it is the last admin.
+        """
+
+
+class _Users:
+    """The in-memory table and the rules every directory applies to it."""
+
+    def __init__(self, max_users: int) -> None:
+        self.max_users = max_users
+        self.users: dict[str, User] = {}
+        # Changes take turns, so each is checked against the state it will change.
+        self._turn = asyncio.Lock()
+
+    @property
+    def empty(self) -> bool:
+        return not self.users
+
+    def find(self, name: str) -> User | None:
+        return self.users.get(name)
 
     def get(self, name: str) -> User:
         try:
-            return self._users[name]
+            return self.users[name]
         except KeyError:
             raise NotFound(f"user {name!r} does not exist") from None
 
-    def find(self, name: str) -> User | None:
-        return self._users.get(name)
-
     def list(self) -> list[User]:
-        return sorted(self._users.values(), key=lambda u: u.name)
+        return sorted(self.users.values(), key=lambda u: u.name)
 
-    def create(self, name: str, role: str, password_hash: str, created_at: float) -> User:
-        if name in self._users:
-            raise AlreadyExists(f"user {name!r} already exists")
-        if len(self._users) >= self.max_users:
-            raise LimitExceeded("too many users", limit="max_users", maximum=self.max_users)
-        user = User(name, role, secrets.token_hex(8), password_hash, created_at)
-        # Written before it takes effect: a failed write changes nothing.
-        self._write({**self._users, name: user})
-        self._users[name] = user
-        return user
+    async def create(self, name: str, role: str, password_hash: str, created_at: float) -> User:
+        async with self._turn:
+            if name in self.users:
+                raise AlreadyExists(f"user {name!r} already exists")
+            if len(self.users) >= self.max_users:
+                raise LimitExceeded("too many users", limit="max_users", maximum=self.max_users)
+            user = User(name, role, secrets.token_hex(8), password_hash, created_at)
+            # Stored before it takes effect: a failed write changes nothing.
+            after = {**self.users, name: user}
+            await self._store(after)
+            self.users = after
+            return user
 
-    def delete(self, name: str) -> User:
-        user = self.get(name)
-        if user.role == "admin" and sum(u.role == "admin" for u in self._users.values()) == 1:
-            raise Forbidden("cannot delete the last admin")
-        remaining = {k: v for k, v in self._users.items() if k != name}
-        self._write(remaining)
-        self._users = remaining
-        return user
+    async def delete(self, name: str) -> User:
+        async with self._turn:
+            user = self.get(name)
+            admins = sum(u.role == "admin" for u in self.users.values())
+            if user.role == "admin" and admins == 1:
+                raise Forbidden("cannot delete the last admin")
+            after = {k: v for k, v in self.users.items() if k != name}
+            await self._store(after)
+            self.users = after
+            return user
+
+    async def _store(self, users: dict[str, User]) -> None:
+        """Make `users` the stored state (nothing to do in memory)."""
+
+
+class MemoryUserDirectory(_Users):
+    """Users in the process only; everything is gone at restart."""
+
+    def __init__(self, max_users: int) -> None:
+        super().__init__(max_users)
+        self.secret = secrets.token_bytes(_SECRET_BYTES)
+
+
+class FileUserDirectory(_Users):
+    """Users in `users.json` and the secret in `secret`, both in the data dir (mode 0600)."""
+
+    def __init__(self, data_dir: Path, max_users: int) -> None:
+        super().__init__(max_users)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = data_dir / USERS_FILE
+        self.secret = load_or_create_secret(data_dir)
+        if self.path.exists():
+            self.users = load_users(self.path)
+
+    async def _store(self, users: dict[str, User]) -> None:
+        # The write fsyncs twice: a thread keeps that off the event loop.
+        await asyncio.to_thread(write_private_file, self.path, encode_users(users))
+
+
+def load_users(path: Path) -> dict[str, User]:
+    document = orjson.loads(path.read_bytes())
+    if document.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format version {document.get('version')!r}")
+    return {entry["name"]: User(**entry) for entry in document["users"]}
+
+
+def encode_users(users: dict[str, User]) -> bytes:
+    document = {
+        "version": FORMAT_VERSION,
+        "users": [asdict(user) for user in sorted(users.values(), key=lambda u: u.name)],
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2)

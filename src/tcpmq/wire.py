@@ -3,7 +3,9 @@
 A request line goes through three steps, each raising a `TcpmqError` with the
 code protocol.md assigns to that kind of failure:
 
-1. `parse_frame` turns the line into a JSON object (`bad_json`, `bad_request`);
+1. `parse_frame` turns the line into a JSON object (`bad_request` for a line
+   nested deeper than `MAX_DEPTH`, valid JSON or not, then `bad_json`, then
+   `bad_request` for a value that is not an object);
 2. `take_id` and `take_op` remove `id` and `op` from it (`bad_request`,
    `unknown_op`), so a reply can echo the id even if the fields are wrong;
 3. `decode_fields` validates the remaining fields against the op's frozen
@@ -17,7 +19,10 @@ fields of the hot-path replies (pull), spliced in without another pass.
 from __future__ import annotations
 
 import re
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -35,14 +40,28 @@ MAX_ID_CHARS = 128
 MAX_TOKEN_CHARS = 4096
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# Every integer of a request (ids included) fits a signed 64-bit integer, so
+# any client language can hold it; pydantic's strict int alone takes any size.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# How deeply a request may nest objects and arrays, the request object being
+# level 1. orjson refuses to encode more than 254 levels and to parse more
+# than 1024, so without a limit of our own a deep message failed with
+# whichever it met first. 128 is far beyond any real message and keeps a
+# message's data (level 2 and below) well within what orjson encodes.
+MAX_DEPTH = 128
+# A line that nests MAX_DEPTH + 1 levels has at least that many opening and
+# as many closing brackets: shorter lines need no depth check at all.
+_MIN_TOO_DEEP_BYTES = 2 * (MAX_DEPTH + 1)
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Password = Annotated[
     str, StringConstraints(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
 ]
 Role = Literal["user", "admin"]
-MessageId = Annotated[int, Field(ge=1)]
+# Bounds are inclusive (ge/le, never gt/lt), because an error reports them as
+# `min`/`max` and a client reads those as the first and last values allowed.
+PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
+MessageId = PositiveInt
 
 
 class Request(BaseModel):
@@ -60,7 +79,7 @@ class AuthRequest(Request):
 class LoginRequest(Request):
     user: Name
     password: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PASSWORD_CHARS)]
-    ttl: Annotated[int, Field(ge=1)] | None = None
+    ttl: PositiveInt | None = None
 
 
 class UserCreateRequest(Request):
@@ -76,7 +95,8 @@ class NameRequest(Request):
 class SubscribeRequest(Request):
     channel: Name
     queue: Name | None = None
-    ack_timeout: Annotated[float, Field(gt=0)] | None = None
+    # The range is a server setting, checked (and reported) by the handler.
+    ack_timeout: float | None = None
 
 
 class ChannelRequest(Request):
@@ -98,7 +118,7 @@ class PublishRequest(Request):
 class PullRequest(Request):
     channel: Name
     queue: Name | None = None
-    max: Annotated[int, Field(ge=1)] = 1
+    max: PositiveInt = 1
     wait: Annotated[float, Field(ge=0)] = 0.0
 
 
@@ -135,6 +155,7 @@ OPS: dict[str, OpSpec] = {
     "login": OpSpec(LoginRequest, "user, password, ttl?", "authenticate and get a token"),
     "whoami": OpSpec(NoFields, "", "show the authenticated user"),
     "help": OpSpec(NoFields, "", "list the ops"),
+    "server.info": OpSpec(NoFields, "", "show the server's version, store and limits"),
     "user.create": OpSpec(UserCreateRequest, "name, password, role?", "create a user"),
     "user.list": OpSpec(NoFields, "", "list users"),
     "user.get": OpSpec(NameRequest, "name", "show a user"),
@@ -162,15 +183,125 @@ def parse_frame(frame: bytes) -> dict[str, Any]:
 
     Raises:
         BadJson: not JSON, or not UTF-8.
-        BadRequest: JSON, but not an object.
+        BadRequest: nested deeper than `MAX_DEPTH`, or not an object.
     """
     try:
         value = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
+        # Nesting is checked before validity, so a too deep line gets the same
+        # error either way. (orjson gives up on a deep line with whatever error
+        # it meets first: "depth limit exceeded" past 1024 levels, sometimes
+        # "failed to allocate memory" on unclosed brackets.)
+        if frame.count(b"{") + frame.count(b"[") > MAX_DEPTH and _line_depth(frame) > MAX_DEPTH:
+            raise _too_deep(None) from None
         raise BadJson(f"invalid JSON: {exc}") from None
+    if len(frame) >= _MIN_TOO_DEEP_BYTES and _may_be_too_deep(value, frame):
+        _check_depth(value)
     if not isinstance(value, dict):
         raise BadRequest("a request must be a JSON object")
     return value
+
+
+# A publish's message data is checked as it is encoded (see `encode_data`),
+# where the encoded length of each message rules out nearly all of the walk.
+_CHECKED_AT_ENCODING = frozenset({"data", "messages"})
+
+
+def _may_be_too_deep(value: object, frame: bytes) -> bool:
+    """False when cheap tests show that the request is within `MAX_DEPTH`.
+
+    They spare nearly every request the walk of `_check_depth`, in order of
+    cost: a request whose fields are all scalars is 1 level deep (so is a
+    publish whose other fields are: its data is checked at encoding); a line
+    with no more than MAX_DEPTH opening brackets cannot nest deeper. Counting
+    them costs about half a nanosecond a byte, more than orjson takes to parse
+    a long string, so it comes second.
+    """
+    if type(value) is dict:
+        publish = value.get("op") == "publish"
+        for key, item in value.items():
+            kind = type(item)
+            if (kind is dict or kind is list) and not (publish and key in _CHECKED_AT_ENCODING):
+                break
+        else:
+            return False
+    return frame.count(b"{") + frame.count(b"[") > MAX_DEPTH
+
+
+def _check_depth(value: object) -> None:
+    """Raise `BadRequest` (limit max_depth) if `value` nests deeper than `MAX_DEPTH`.
+
+    The error names the top-level field, or for `messages` the message
+    (`messages.3`), as `encode_messages` does: a batch publisher learns which
+    message was refused.
+    """
+    if type(value) is not dict:
+        if _deeper(value, MAX_DEPTH):
+            raise _too_deep(None)
+        return
+    # The request object is level 1, so each field may nest MAX_DEPTH - 1 more.
+    publish = value.get("op") == "publish"
+    for key, item in value.items():
+        if publish and key in _CHECKED_AT_ENCODING:
+            continue
+        if _deeper(item, MAX_DEPTH - 1):
+            field = key
+            if key == "messages" and type(item) is list:
+                index = next(i for i, x in enumerate(item) if _deeper(x, MAX_DEPTH - 2))
+                field = f"messages.{index}"
+            raise _too_deep(field)
+
+
+def _deeper(value: object, levels: int) -> bool:
+    """Whether `value` (parsed JSON) nests objects and arrays more than `levels` deep.
+
+    Recursion stops at `levels`, so it stays far inside Python's own limit.
+    """
+    if type(value) is dict:
+        children: Iterable[object] = value.values()
+    elif type(value) is list:
+        children = value
+    else:
+        return False
+    if levels == 0:
+        return True
+    levels -= 1
+    for child in children:
+        kind = type(child)
+        # The type test first: most values are scalars, and a call costs more.
+        if (kind is dict or kind is list) and _deeper(child, levels):
+            return True
+    return False
+
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"?')
+# Opening brackets become +1 and closing ones -1 (0xff as a signed byte).
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def _line_depth(line: bytes) -> int:
+    """How deep the brackets outside strings nest in `line`, valid JSON or not.
+
+    For valid JSON this is the depth of the value; the scan runs only when
+    parsing failed, to tell a too deep line from a malformed one.
+    """
+    if b"\\" in line:
+        line = _ESCAPE.sub(b"", line)  # so that an escaped quote ends no string
+    if b'"' in line:
+        line = _STRING.sub(b"", line)  # an unclosed string runs to the end
+    steps = array("b", line.translate(_BRACKET_STEPS, _NOT_BRACKETS))
+    return max(accumulate(steps), default=0)
+
+
+def _too_deep(field: str | None) -> BadRequest:
+    return BadRequest(
+        f"request nested deeper than {MAX_DEPTH} levels (the request object is level 1)",
+        field=field,
+        limit="max_depth",
+        maximum=MAX_DEPTH,
+    )
 
 
 def take_id(request: dict[str, Any]) -> bytes:
@@ -186,8 +317,10 @@ def take_id(request: dict[str, Any]) -> bytes:
         raise BadRequest("id must be a string or an integer", field="id")
     if isinstance(rid, str) and len(rid) > MAX_ID_CHARS:
         raise BadRequest(f"id longer than {MAX_ID_CHARS} characters", field="id")
-    if isinstance(rid, int) and not _INT64_MIN <= rid <= _INT64_MAX:
-        raise BadRequest("id out of the 64-bit range", field="id")
+    if isinstance(rid, int) and not INT64_MIN <= rid <= INT64_MAX:
+        raise BadRequest(
+            "id out of the 64-bit range", field="id", minimum=INT64_MIN, maximum=INT64_MAX
+        )
     return b',"id":' + orjson.dumps(rid)
 
 
@@ -224,10 +357,31 @@ def decode_fields(op: str, fields: dict[str, Any]) -> Request:
         raise _bad_request(exc) from None
 
 
+# Pydantic error types that mean "out of range": which bound was broken, the
+# key of its value in the error's context, and what the bound counts.
+_BOUNDS: dict[str, tuple[str, str, str]] = {
+    "greater_than_equal": ("min", "ge", ""),
+    "less_than_equal": ("max", "le", ""),
+    "too_short": ("min", "min_length", " items"),
+    "too_long": ("max", "max_length", " items"),
+    "string_too_short": ("min", "min_length", " characters"),
+    "string_too_long": ("max", "max_length", " characters"),
+}
+
+
 def _bad_request(exc: ValidationError) -> BadRequest:
-    error = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    error = exc.errors(include_url=False, include_context=True, include_input=False)[0]
     field = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
+    bound = _BOUNDS.get(kind)
+    if bound is not None:
+        side, key, unit = bound
+        value = error.get("ctx", {})[key]
+        if value == 1:
+            unit = unit.removesuffix("s")  # "at least 1 item"
+        if side == "min":
+            return BadRequest(f"{field}: at least {value}{unit}", field=field, minimum=value)
+        return BadRequest(f"{field}: at most {value}{unit}", field=field, maximum=value)
     if kind == "extra_forbidden":
         message = f"unknown field {field!r}"
     elif kind == "missing":
@@ -253,9 +407,12 @@ def reply_ok(head: bytes, result: dict[str, Any] | bytes | None) -> bytes:
     return b'{"ok":true' + head + b"," + result + b"\n"
 
 
-def publish_reply(head: bytes, message_id: int, queues: int) -> bytes:
-    """The reply to a publish of one message, in one formatting step."""
-    return b'{"ok":true%b,"message_ids":[%d],"queues":%d}\n' % (head, message_id, queues)
+def publish_reply(head: bytes, first_id: int, count: int, queues: int) -> bytes:
+    """The reply to a publish of `count` messages with ids from `first_id` on."""
+    if count == 1:  # nearly always: one formatting step
+        return b'{"ok":true%b,"message_ids":[%d],"queues":%d}\n' % (head, first_id, queues)
+    ids = b",".join([b"%d" % i for i in range(first_id, first_id + count)])
+    return b'{"ok":true%b,"message_ids":[%b],"queues":%d}\n' % (head, ids, queues)
 
 
 def reply_error(head: bytes, error: TcpmqError) -> bytes:
@@ -282,16 +439,58 @@ def bye(error: TcpmqError) -> bytes:
     return orjson.dumps({"event": "bye", "error": error.to_wire()}) + b"\n"
 
 
-def encode_data(data: Any) -> bytes:
-    """Serialise a message's data once, at publish.
+def encode_data(data: Any, field: str = "data", levels: int = MAX_DEPTH - 1) -> bytes:
+    """Serialise a message's data once, at publish, checking how deep it nests.
+
+    `field` is the request field the value came from, named in the error;
+    `levels` how deep it may nest (`data` sits at level 2 of the request, an
+    element of `messages` at level 3). The check costs one length test for
+    nearly every message: a value nesting deeper than `levels` has more than
+    `levels` opening and closing brackets, so a shorter encoding cannot.
 
     Raises:
-        BadRequest: the value cannot be represented in JSON.
+        BadRequest: the value cannot be represented in JSON, or nests too deep.
     """
     try:
-        return orjson.dumps(data)
-    except TypeError as exc:
-        raise BadRequest(f"data cannot be encoded: {exc}", field="data") from None
+        encoded = orjson.dumps(data)
+    except TypeError as exc:  # orjson.JSONEncodeError included
+        if "Recursion limit" in str(exc):  # orjson stops at 254 levels
+            raise _too_deep(field) from None
+        raise BadRequest(f"{field} cannot be encoded: {exc}", field=field) from None
+    if (
+        len(encoded) > 2 * levels
+        and encoded.count(b"[") + encoded.count(b"{") > levels
+        and _deeper(data, levels)
+    ):
+        raise _too_deep(field)
+    return encoded
+
+
+def encode_messages(values: list[Any]) -> list[bytes]:
+    """Serialise the `messages` of a batch publish, one bytes object per message.
+
+    Raises:
+        BadRequest: naming the first message that cannot be encoded or nests
+            too deep (`messages.N`).
+    """
+    dumps = orjson.dumps
+    try:
+        # One try for the whole batch: a failure is rare, and only then is
+        # each message encoded on its own to name the one at fault.
+        encoded = [dumps(value) for value in values]
+    except TypeError:
+        encoded = []
+    deep_from = 2 * _MESSAGE_LEVELS
+    if len(encoded) == len(values) and all(len(each) <= deep_from for each in encoded):
+        return encoded  # every message too short to nest too deep
+    return [
+        encode_data(value, f"messages.{index}", _MESSAGE_LEVELS)
+        for index, value in enumerate(values)
+    ]
+
+
+# An element of `messages` is at level 3 of the request (request, list, element).
+_MESSAGE_LEVELS = MAX_DEPTH - 2
 
 
 def encode_message_head(message_id: int, data: bytes, stamp: bytes, publisher: bytes) -> bytes:
@@ -323,12 +522,6 @@ def encode_timestamp(seconds: float) -> bytes:
 def head_id(head: bytes) -> int:
     """The id of a message head made by `encode_message_head`: `{"id":<id>,...`."""
     return int(head[6 : head.index(b",", 6)])
-
-
-def publish_fields(first_id: int, count: int, queues: int) -> bytes:
-    """The encoded result fields of a publish reply (ids `first_id` onwards)."""
-    ids = b",".join([b"%d" % i for i in range(first_id, first_id + count)])
-    return b'"message_ids":[%b],"queues":%d}' % (ids, queues)
 
 
 def pull_fields(heads: list[bytes], attempts: list[int]) -> bytes:

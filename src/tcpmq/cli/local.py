@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_PORT, Limits, ServerConfig, StorageConfig, default_data_dir
+from ..config import DEFAULT_PORT, STORES, Limits, ServerConfig, StorageConfig, default_data_dir
 from ..errors import TcpmqError
 from .exits import EXIT_ERROR, EXIT_OK
 
@@ -80,6 +80,12 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument(
+        "--store",
+        choices=STORES,
+        default="log",
+        help="log: durable, in the data dir (default); memory: no disk, lost on restart",
+    )
     _add_data_dir(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_storage_flags(serve)
@@ -153,6 +159,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir or default_data_dir(),
+        store=args.store,
         limits=limits,
         storage=StorageConfig(
             fsync=args.fsync,
@@ -248,10 +255,12 @@ def _repair(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from ..server import open_data_dir
+    from ..auth import TokenSigner
+    from ..users import FileUserDirectory
 
     config = ServerConfig(data_dir=args.data_dir or default_data_dir())
-    signer, users = open_data_dir(config)
+    users = FileUserDirectory(config.data_dir, config.limits.max_users)
+    signer = TokenSigner(users.secret)
     user = users.get(args.user)
     ttl = config.limits.default_token_ttl if args.ttl is None else args.ttl
     if not 1 <= ttl <= config.limits.max_token_ttl:

@@ -115,6 +115,11 @@ class LogWriter:
         # created, how far the thread is asked to sync, and how far it began.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        # The thread's own record of what it synced, for `sync_now` (which
+        # cannot wait for the loop's copy: it blocks the loop).
+        self._done = threading.Condition(self._lock)
+        self._thread_synced = 0
+        self._thread_failed = False
         self._dirty: set[int] = set()
         self._to_close: list[int] = []
         self._new_files = False
@@ -153,6 +158,33 @@ class LogWriter:
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Call `callback` once `durable` next advances."""
         self._waiters.append(callback)
+
+    def sync_now(self) -> None:
+        """Write and sync everything appended so far before returning.
+
+        Blocks the event loop for the sync in progress and one more: for a
+        connection that must send replies now because it cannot later.
+        """
+        if self.policy is not FsyncPolicy.ALWAYS or self._synced >= self.appended:
+            return
+        self._flush()
+        target = self._written
+        with self._lock:
+            if self._requested < target:
+                self._requested = target
+                if self._idle:
+                    self._wake.notify()
+            while self._thread_synced < target and not self._thread_failed:
+                if self._failed is not None or not self._thread.is_alive():
+                    return
+                self._done.wait(1.0)
+            if self._thread_failed:
+                return
+        if target > self._synced:
+            self._synced = target
+            self.syncs += 1
+            # Others waiting for the disk hear of it on the next loop turn.
+            self._loop.call_soon(self._synced_to, target)
 
     def roll(self) -> int:
         """Seal the current segment now and start the next; returns the new seq."""
@@ -269,8 +301,14 @@ class LogWriter:
         try:
             self._sync(fds, to_close, new_files)
         except OSError as exc:
+            with self._lock:
+                self._thread_failed = True
+                self._done.notify_all()
             self._report(self._fail, exc)
             return False
+        with self._lock:
+            self._thread_synced = target
+            self._done.notify_all()
         self._report(self._synced_to, target)
         return not last
 
@@ -293,10 +331,13 @@ class LogWriter:
             self._exited.set_result(None)
 
     def _synced_to(self, target: int) -> None:
-        if self._failed is not None or target <= self._synced:
+        if self._failed is not None:
             return
-        self._synced = target
-        self.syncs += 1
+        if target > self._synced:
+            self._synced = target
+            self.syncs += 1
+        elif not self._waiters:
+            return
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()

@@ -27,7 +27,10 @@ from dataclasses import dataclass
 import orjson
 
 MAGIC = b"TCPMQ"
-FORMAT_VERSION = 1
+# Version 2 added delivery counts (DELIVERED, DELIVERED_RANGE, ATTEMPTS); a
+# version 1 file is read as it is, and files created from now on say 2.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 HEADER = struct.Struct("<5scHQ")
 FRAME = struct.Struct("<II")
 # No record is larger: a publish record holds at most max_batch messages of
@@ -55,6 +58,9 @@ class RecordType(enum.IntEnum):
     MESSAGES = 7  # snapshot: channel uid, messages still held by some queue
     CONTENT = 8  # snapshot: queue uid, the ids it holds, in order
     END = 9  # snapshot: JSON counts; a snapshot without it is incomplete
+    DELIVERED = 10  # queue uid, message ids: each delivered once more
+    DELIVERED_RANGE = 11  # queue uid, first id, count: the same for consecutive ids
+    ATTEMPTS = 12  # snapshot: queue uid, (id, deliveries) of messages delivered before
 
 
 class FormatError(Exception):
@@ -82,8 +88,10 @@ def read_header(data: bytes | memoryview, path: str) -> tuple[Kind, int]:
     magic, kind, version, seq = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(path, 0, "not a tcpmq storage file")
-    if version != FORMAT_VERSION:
-        raise FormatError(path, 0, f"format version {version}, this build reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(
+            path, 0, f"format version {version}, this build reads 1 to {FORMAT_VERSION}"
+        )
     try:
         return Kind(kind), seq
     except ValueError:
@@ -135,6 +143,39 @@ def encode_ids(kind: RecordType, owner_uid: int, ids: list[int]) -> bytes:
     return frame(
         bytes((kind,)) + _ID_COUNT.pack(owner_uid, count) + struct.pack(f"<{count}Q", *ids)
     )
+
+
+_RANGE = struct.Struct("<BQQI")
+
+
+def encode_delivered(queue_uid: int, ids: range | list[int]) -> bytes:
+    """A DELIVERED record, or for consecutive ids (nearly every pull) a fixed-size range."""
+    if isinstance(ids, range):
+        return frame(_RANGE.pack(RecordType.DELIVERED_RANGE, queue_uid, ids.start, len(ids)))
+    return encode_ids(RecordType.DELIVERED, queue_uid, ids)
+
+
+def decode_range(body: memoryview) -> tuple[int, range]:
+    queue_uid, first, count = struct.unpack("<QQI", body)
+    return queue_uid, range(first, first + count)
+
+
+def encode_attempts(queue_uid: int, attempts: list[tuple[int, int]]) -> bytes:
+    """An ATTEMPTS record: (message id, deliveries so far) pairs of one queue."""
+    flat = [number for pair in attempts for number in pair]
+    return frame(
+        bytes((RecordType.ATTEMPTS,))
+        + _ID_COUNT.pack(queue_uid, len(attempts))
+        + struct.pack(f"<{len(flat)}Q", *flat)
+    )
+
+
+def decode_attempts(body: memoryview) -> tuple[int, list[tuple[int, int]]]:
+    queue_uid, count = _ID_COUNT.unpack_from(body)
+    if len(body) != _ID_COUNT.size + 16 * count:
+        raise ValueError("attempts record length does not match its count")
+    flat = struct.unpack_from(f"<{2 * count}Q", body, _ID_COUNT.size)
+    return queue_uid, list(zip(flat[::2], flat[1::2], strict=True))
 
 
 def decode_json(body: memoryview) -> dict[str, object]:

@@ -2,10 +2,12 @@
 
 Replaying the log repeats what the broker did, in the order it did it: a
 PUBLISH lands in every queue its channel has at that point of the log, an
-ACK removes ids from one queue, a drop forgets a channel or queue (its uid
-is never reused, so later records cannot be misread as its). Every message
-comes back ready; deliveries that were in flight are simply delivered again
-(at least once), with `attempt` starting over at 1.
+ACK removes ids from one queue, a DELIVERED record counts one more delivery
+of its ids in one queue, a drop forgets a channel or queue (its uid is never
+reused, so later records cannot be misread as its). Every message comes back
+ready; deliveries that were in flight are delivered again (at least once),
+and a message delivered before keeps its count, so its next `attempt` is one
+higher than any a consumer saw.
 
 Damage: the last segment may end in a torn write (the process or machine
 died mid-append); that tail is cut off (zeros after the last record are not
@@ -22,10 +24,11 @@ import itertools
 import logging
 import os
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..broker import Broker, Channel, Message, Queue
+from ..broker import Broker, Channel, Entry, Message, Queue
 from .log import SEGMENT_SUFFIX, create_segment, fsync_directory
 from .records import (
     HEADER,
@@ -33,9 +36,11 @@ from .records import (
     Kind,
     RecordType,
     Scan,
+    decode_attempts,
     decode_ids,
     decode_json,
     decode_messages,
+    decode_range,
     decode_uid,
     header,
     read_header,
@@ -50,6 +55,15 @@ log = logging.getLogger(__name__)
 class _QueueState:
     record: dict[str, object]
     messages: dict[int, Message] = field(default_factory=dict)
+    # Deliveries so far of the held messages delivered at least once.
+    attempts: dict[int, int] = field(default_factory=dict)
+
+    def count_deliveries(self, ids: Iterable[int]) -> None:
+        held = self.messages
+        attempts = self.attempts
+        for message_id in ids:
+            if message_id in held:
+                attempts[message_id] = attempts.get(message_id, 0) + 1
 
 
 @dataclass(slots=True)
@@ -89,11 +103,30 @@ class Replay:
             queue = self.queues.get(queue_uid)
             if queue is not None:
                 held = queue.messages
+                attempts = queue.attempts
                 for message_id in ids:
                     held.pop(message_id, None)
+                    attempts.pop(message_id, None)
+        elif kind is RecordType.DELIVERED_RANGE:
+            queue_uid, span = decode_range(body)
+            queue = self.queues.get(queue_uid)
+            if queue is not None:
+                queue.count_deliveries(span)
+        elif kind is RecordType.DELIVERED:
+            queue_uid, ids = decode_ids(body)
+            queue = self.queues.get(queue_uid)
+            if queue is not None:
+                queue.count_deliveries(ids)
+        elif kind is RecordType.ATTEMPTS:
+            queue_uid, pairs = decode_attempts(body)
+            self.queues[queue_uid].attempts.update(pairs)
         elif kind is RecordType.CHANNEL:
             record = decode_json(body)
             uid = _int(record, "uid")
+            existing_channel = self.channels.get(uid)
+            if existing_channel is not None:
+                existing_channel.record = record  # a new owner; its queues stay
+                return
             next_id = _int(record, "next_id")
             self.channels[uid] = _ChannelState(record, next_id, _int(record, "published"))
             self._bump(uid)
@@ -163,9 +196,24 @@ class Replay:
                     channel.uid,
                 )
                 # Ids arrive in publish order, so the dict is already in id order.
-                queue.fresh = deque(queue_state.messages.values())
-                queue.ready_bytes = sum(map(len, queue.fresh))
-                held_total += len(queue.fresh)
+                # Messages delivered before go to `retry` with their counts;
+                # their ids are below every never-delivered one (a pull takes
+                # the lowest ready ids), so the queue's order holds.
+                attempts = queue_state.attempts
+                if attempts:
+                    queue.fresh = deque(
+                        head
+                        for message_id, head in queue_state.messages.items()
+                        if message_id not in attempts
+                    )
+                    queue.retry = sorted(
+                        (message_id, Entry(message_id, queue_state.messages[message_id], n, 0.0))
+                        for message_id, n in attempts.items()
+                    )
+                else:
+                    queue.fresh = deque(queue_state.messages.values())
+                queue.ready_bytes = sum(map(len, queue_state.messages.values()))
+                held_total += len(queue_state.messages)
                 channel.queues[queue.name] = queue
             broker.channels[name] = channel
         broker.next_uid = self.next_uid

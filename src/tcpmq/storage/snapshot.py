@@ -24,7 +24,15 @@ from pathlib import Path
 from ..broker import Broker, Message
 from ..wire import head_id
 from .log import fsync_directory
-from .records import Kind, RecordType, encode_ids, encode_json, encode_messages, header
+from .records import (
+    Kind,
+    RecordType,
+    encode_attempts,
+    encode_ids,
+    encode_json,
+    encode_messages,
+    header,
+)
 
 SNAPSHOT_SUFFIX = ".snap"
 # Records of bounded size keep the reader's memory flat.
@@ -40,6 +48,8 @@ def snapshot_path(directory: Path, seq: int) -> Path:
 class QueueCapture:
     record: dict[str, object]
     messages: list[Message]
+    # (id, deliveries so far) of the messages delivered before.
+    attempts: list[tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +73,14 @@ def capture(broker: Broker, seq: int) -> Capture:
         [
             ChannelCapture(
                 channel.record(),
-                [QueueCapture(queue.record(), queue.held()) for queue in channel.queues.values()],
+                [
+                    QueueCapture(
+                        queue.record(),
+                        queue.held(),
+                        sorted((entry.id, entry.attempts) for entry in queue.entries()),
+                    )
+                    for queue in channel.queues.values()
+                ],
             )
             for channel in broker.channels.values()
         ],
@@ -115,6 +132,10 @@ def write_snapshot(directory: Path, state: Capture) -> int:
                 for start in range(0, len(held), IDS_PER_RECORD):
                     ids = [head_id(message) for message in held[start : start + IDS_PER_RECORD]]
                     out.write(encode_ids(RecordType.CONTENT, queue_uid, ids))
+                attempts = queue.attempts
+                for start in range(0, len(attempts), IDS_PER_RECORD):
+                    pairs = attempts[start : start + IDS_PER_RECORD]
+                    out.write(encode_attempts(queue_uid, pairs))
         out.write(encode_json(RecordType.END, {"next_uid": state.next_uid, **counts}))
         out.flush()
         os.fsync(out.fileno())

@@ -1,10 +1,12 @@
 """The durable store: the broker's journal on disk, and compaction.
 
 `DiskStore` is the broker's `Journal`: each change becomes one record
-appended to the log (see log.py). It also decides when to compact: once the
-log written since the last snapshot is as large as that snapshot (and at
-least `compact_min_bytes`), it takes a new snapshot and drops the log before
-it, so disk use stays within about twice the live data.
+appended to the log (see log.py). It is also the log backend's `Commits`: a
+ticket is a position in the log, durable once the group commit has passed
+it. And it decides when to compact: once the log written since the last
+snapshot is as large as that snapshot (and at least `compact_min_bytes`), it
+takes a new snapshot and drops the log before it, so disk use stays within
+about twice the live data.
 """
 
 from __future__ import annotations
@@ -15,10 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..broker import Broker, Channel, Message, Queue
+from ..broker import Broker, Channel, Ids, Message, Queue
 from ..config import StorageConfig
 from .log import FsyncPolicy, LogWriter
-from .records import RecordType, encode_ids, encode_json, encode_publish, encode_uid
+from .records import (
+    RecordType,
+    encode_delivered,
+    encode_ids,
+    encode_json,
+    encode_publish,
+    encode_uid,
+)
 from .recovery import Recovered, list_files, recover
 from .snapshot import capture, write_snapshot
 
@@ -50,18 +59,19 @@ class DiskStore:
         )
         self.snapshots_taken = 0
 
-    # -- what sessions need: is a reply's record durable yet? -----------------
+    # -- Commits: a ticket is a position in the log -----------------------------
 
-    @property
-    def appended(self) -> int:
+    def ticket(self) -> int:
         return self._writer.appended
 
-    @property
     def durable(self) -> int:
         return self._writer.durable
 
     def when_durable(self, callback: Callable[[], None]) -> None:
         self._writer.when_durable(callback)
+
+    def sync_now(self) -> None:
+        self._writer.sync_now()
 
     @property
     def syncs(self) -> int:
@@ -69,7 +79,7 @@ class DiskStore:
 
     # -- Journal ----------------------------------------------------------------
 
-    def channel_created(self, channel: Channel) -> None:
+    def channel_saved(self, channel: Channel) -> None:
         self._append(encode_json(RecordType.CHANNEL, channel.record()))
 
     def channel_dropped(self, channel: Channel) -> None:
@@ -83,6 +93,9 @@ class DiskStore:
 
     def published(self, channel: Channel, first_id: int, messages: list[Message]) -> None:
         self._append(encode_publish(channel.uid, first_id, messages))
+
+    def delivered(self, queue: Queue, ids: Ids) -> None:
+        self._append(encode_delivered(queue.uid, ids))
 
     def acked(self, queue: Queue, ids: list[int]) -> None:
         self._append(encode_ids(RecordType.ACK, queue.uid, ids))

@@ -2,9 +2,11 @@
 
 Theory of operation: `data_received` feeds the frame decoder, queues the
 complete frames in `_backlog` and handles them in order, collecting the reply
-lines and writing them with one `write` per read. Handling stops while a
-reply is pending (a handler returned a `Pending`: long-poll, login), so
-replies keep request order, and while the transport's write buffer is above
+lines and writing them with one `write` per read. A request is handled by
+calling its handler with the application and the caller (see app.py, ops.py):
+the connection knows no channels or queues. Handling stops while a reply is
+pending (a handler returned a `Pending`: long-poll, login), so replies keep
+request order, and while the transport's write buffer is above
 `write_buffer_high`. When the backlog holds `max_pipeline` frames or
 `max_pipeline_bytes`, or writing is paused, reading pauses too: a client that
 floods requests or does not read its replies only slows itself. After
@@ -15,35 +17,47 @@ of its backlog on its next turn: one large pipelined read cannot hold
 everyone else, and its first replies leave while its last are still being
 handled.
 
-Consecutive one-message publishes to one channel form a *run* that is
-published as one batch when the next other request comes, or when the
-frames read so far are handled (see ops.PublishRun): pipelined publishers
-cost a fraction per message, and replies still leave one per request, in order.
+Consecutive publishes to one channel form a *run* that is published as one
+batch when the next other request comes, or when the frames read so far are
+handled (see ops.PublishRun): pipelined publishers cost a fraction per
+message, and replies still leave one per request, in order.
 
-Durability: no reply leaves before the journal records written up to the
-moment it was made are durable (see storage/log.py). Replies that must wait
-are held in `_held` tagged with that log position and go out, in order, as
-the group commit reaches them; meanwhile the session keeps handling
-requests, so a pipelining client fills the next commit. With `fsync=never`
-or `interval` every position is durable at once and nothing is held.
+Durability: no reply leaves before the backend's changes made up to the
+moment it was made are durable. At each flush the connection takes a ticket
+from the backend's `Commits` (covering every change so far); replies that
+must wait are held in `_held` with that ticket and go out, in order, once
+`durable()` reaches it. Meanwhile the connection keeps handling requests, so
+a pipelining client fills the next group commit. A backend that keeps
+nothing on disk gives tickets that are durable at once, and nothing is held.
 
 Lifecycle (the whole table; `_ALLOWED` says which ops each state admits):
 
-    AWAITING_AUTH --auth/login ok--> READY --bye/close--> CLOSED
-    AWAITING_AUTH --auth_timeout/bye/close--> CLOSED
+    AWAITING_AUTH --auth/login ok--> READY
+    AWAITING_AUTH, READY --EOF, close(reason)--> CLOSING --replies sent--> CLOSED
+    any --connection lost--> CLOSED
+
+CLOSING is entered when the client ends its sending side (EOF), when the
+server closes the connection (shutdown, user deleted, auth timeout) or when a
+frame is too large. In it no new request is read; a waiting pull is answered
+at once (an empty list); at EOF the requests already read are still handled.
+Every reply made is then sent, those waiting for the disk included, before
+the `bye` (if any) and the close. Nothing relies on the transport staying
+open after EOF (a TLS transport does not): at EOF the backend is asked to
+make its changes durable on the spot, and the replies go out at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
-
-import orjson
+from typing import cast
 
 from . import wire
+from .app import App, Caller
+from .deadlines import DeadlineTimer
 from .errors import (
     FrameTooLarge,
     InternalError,
@@ -52,55 +66,55 @@ from .errors import (
     Unauthenticated,
 )
 from .frame import FrameDecoder
-from .ops import HANDLERS, PublishRun, one_message_publish
+from .ops import HANDLERS, PublishRun, decode_publish
 from .pending import Pending
-from .users import User
-
-if TYPE_CHECKING:
-    from .server import Server
 
 log = logging.getLogger(__name__)
+
+_connection_ids = itertools.count(1)
 
 
 class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     READY = "ready"
+    CLOSING = "closing"
     CLOSED = "closed"
 
 
 _ALLOWED: dict[State, frozenset[str] | None] = {
     State.AWAITING_AUTH: frozenset({"auth", "login", "ping"}),
     State.READY: None,  # every op
+    # Requests read before EOF are still answered, as the state they came in allows.
+    State.CLOSING: None,
     State.CLOSED: frozenset(),
 }
 
 
-class Session(asyncio.Protocol):
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        limits = server.config.limits
+class Connection(asyncio.Protocol):
+    def __init__(self, app: App, deadlines: DeadlineTimer) -> None:
+        self.app = app
+        self._deadlines = deadlines
+        limits = app.limits
         self._limits = limits
+        self._commits = app.backend.commits
         self._decoder = FrameDecoder(limits.max_frame_bytes)
         self.state = State.AWAITING_AUTH
-        self.user: User | None = None
-        self.user_json = b""  # the user's name, JSON-encoded once for every publish
-        self.is_admin = False
-        self.peer = "?"
+        self.caller = Caller(next(_connection_ids), "?")
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._store = server.store
-        # Replies waiting for the disk: (journal position, lines), oldest first.
+        # Replies waiting for the disk: (ticket, lines), oldest first.
         self._held: deque[tuple[int, list[bytes]]] = deque()
         self._held_bytes = 0
         self._awaiting_disk = False
+        # CLOSING: close the transport once the held replies are sent.
         self._close_when_sent = False
         # Frames read but not yet handled (a reply is pending, or the client is
         # not reading its replies); None marks where a frame was too large.
         self._backlog: deque[bytes | None] = deque()
         self._backlog_bytes = 0
         self._pending: Pending | None = None
-        # One-message publishes read but not yet published (see _join_run).
+        # Publishes read but not yet published (see _join_run).
         self._run: PublishRun | None = None
         self._pending_head = b""
         self._turn_scheduled = False
@@ -109,15 +123,19 @@ class Session(asyncio.Protocol):
         self._eof = False
         self._auth_timer: asyncio.TimerHandle | None = None
 
+    @property
+    def peer(self) -> str:
+        return self.caller.peer
+
     # -- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but behave as one.
         self._transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.caller.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
-        if not self.server.admit(self):
+        if not self.app.connections.admit(self):
             maximum = self._limits.max_connections
             self.close(
                 LimitExceeded("too many connections", limit="max_connections", maximum=maximum)
@@ -125,10 +143,10 @@ class Session(asyncio.Protocol):
             return
         transport.write(wire.hello(self._limits.max_frame_bytes))
         timeout = self._limits.auth_timeout
-        self._auth_timer = self.server.loop.call_later(timeout, self._auth_expired)
+        self._auth_timer = asyncio.get_running_loop().call_later(timeout, self._auth_expired)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self.state is State.CLOSING:
             return
         frames = self._decoder.feed(data)
         backlog = self._backlog
@@ -139,15 +157,20 @@ class Session(asyncio.Protocol):
         self._drain_backlog()
         self._flush()
         self._update_reading()
-        self.server.watch_deadlines()
+        self._deadlines.watch()
 
     def eof_received(self) -> bool:
-        # The client will send nothing more; answer what it sent, then close.
+        # The client will send nothing more: answer what it sent, then close.
+        if self.state is State.CLOSED or self.state is State.CLOSING:
+            return True
         self._eof = True
+        self.state = State.CLOSING
         if self._pending is not None:
             self._pending.stop_waiting()  # may complete it, and so resume
-        elif not self._backlog:
-            self.close(None)
+        self._resume()
+        # True keeps a plain TCP transport open for what still runs (a
+        # login's hash); a TLS transport closes regardless, which is why
+        # _finish does not wait for the disk.
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -159,7 +182,7 @@ class Session(asyncio.Protocol):
         self._backlog_bytes = 0
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        self.server.forget(self)
+        self.app.connections.forget(self)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -168,27 +191,17 @@ class Session(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self._backlog:
-            self.server.loop.call_soon(self._resume)
+            asyncio.get_running_loop().call_soon(self._resume)
         else:
             self._update_reading()
 
     # -- authentication -----------------------------------------------------
 
-    def authenticate(self, user: User) -> None:
-        """Make `user` this connection's identity (called by auth and login).
-
-        Raises:
-            LimitExceeded: the user has `max_connections_per_user` connections.
-        """
-        self.server.bind_user(self, user)
-        self.user = user
-        self.user_json = orjson.dumps(user.name)
-        self.is_admin = user.role == "admin"
-        if self.state is State.AWAITING_AUTH:
-            self.state = State.READY
-            if self._auth_timer is not None:
-                self._auth_timer.cancel()
-                self._auth_timer = None
+    def _authenticated(self) -> None:
+        self.state = State.READY
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
 
     def _auth_expired(self) -> None:
         self._auth_timer = None
@@ -204,20 +217,17 @@ class Session(asyncio.Protocol):
             request = wire.parse_frame(frame)
             head = wire.take_id(request)
             op = wire.take_op(request)
-            # READY admits every op: skip the table lookup (an Enum hash) there.
-            if self.state is not State.READY:
-                allowed = _ALLOWED[self.state]
-                if allowed is not None and op not in allowed:
-                    raise Unauthenticated("authenticate first with auth or login")
+            # READY admits every op: skip the set lookup there. A connection
+            # that is CLOSING answers what it read as its caller allows.
+            if self.state is not State.READY and self.caller.user is None and op not in _PRE_AUTH:
+                raise Unauthenticated("authenticate first with auth or login")
             if op == "publish":
-                one = one_message_publish(self, request)
-                if one is not None:
-                    channel, data = one  # (a plain call: *one would cost a tuple more)
-                    self._join_run(head, channel, data)
-                    return
+                channel, data = decode_publish(self.app, self.caller, request)
+                self._join_run(head, channel, data)
+                return
             # Whatever this request does or answers comes after the run before it.
             self._end_run()
-            result = HANDLERS[op](self, wire.decode_fields(op, request))
+            result = HANDLERS[op](self.app, self.caller, wire.decode_fields(op, request))
         except TcpmqError as exc:
             self._end_run()
             self._out.append(wire.reply_error(head, exc))
@@ -234,33 +244,50 @@ class Session(asyncio.Protocol):
             if self._eof:
                 result.stop_waiting()
         else:
+            if self.state is State.AWAITING_AUTH and self.caller.user is not None:
+                self._authenticated()
             reply = wire.reply_ok(head, result)
             self._out.append(reply)
             self._out_bytes += len(reply)
 
-    def _join_run(self, head: bytes, channel: str, data: bytes) -> None:
-        """Add a one-message publish to the run of them being read (see ops.PublishRun)."""
+    def _join_run(self, head: bytes, channel: str, data: bytes | list[bytes]) -> None:
+        """Add a publish to the run of them being read (see ops.PublishRun).
+
+        A run is bounded like one batch publish (and its journal record).
+        """
         run = self._run
-        if run is not None and (
-            run.channel != channel
-            or len(run.datas) >= self._limits.max_batch
-            or run.size + len(data) > self._limits.max_frame_bytes
+        limits = self._limits
+        if type(data) is bytes:  # one message: nearly every publish
+            if (
+                run is None
+                or run.channel != channel
+                or len(run.datas) >= limits.max_batch
+                or run.size + len(data) > limits.max_frame_bytes
+            ):
+                self._end_run()
+                run = self._run = PublishRun(channel)
+            run.add(head, data)
+            return
+        assert isinstance(data, list)
+        size = sum(map(len, data))
+        if (
+            run is None
+            or run.channel != channel
+            or len(run.datas) + len(data) > limits.max_batch
+            or run.size + size > limits.max_frame_bytes
         ):
-            # A run is bounded like one batch publish (and its journal record).
             self._end_run()
-            run = None
-        if run is None:
             run = self._run = PublishRun(channel)
-        run.add(head, data)
+        run.add_batch(head, data, size)
 
     def _end_run(self) -> None:
-        """Publish the run of one-message publishes, if any, and queue their replies."""
+        """Publish the run of publishes, if any, and queue their replies."""
         run = self._run
         if run is None:
             return
         self._run = None
         try:
-            replies = run.replies(self)
+            replies = run.replies(self.app, self.caller)
         except Exception:
             log.exception("internal error publishing for %s", self.peer)
             error = InternalError("internal server error")
@@ -276,22 +303,24 @@ class Session(asyncio.Protocol):
         if isinstance(outcome, TcpmqError):
             self._out.append(wire.reply_error(self._pending_head, outcome))
         else:
+            if self.state is State.AWAITING_AUTH and self.caller.user is not None:
+                self._authenticated()
             self._out.append(wire.reply_ok(self._pending_head, outcome))
         # This may run inside another connection's publish: reply now, but
         # handle this connection's backlog on a fresh stack, never re-entering
-        # the broker from within one of its own calls.
+        # the backend from within one of its own calls.
         self._flush()
-        self.server.loop.call_soon(self._resume)
+        asyncio.get_running_loop().call_soon(self._resume)
 
     def _resume(self) -> None:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self._close_when_sent:
             return
         self._drain_backlog()
         self._flush()
         self._update_reading()
-        self.server.watch_deadlines()
+        self._deadlines.watch()
         if self._eof and self._pending is None and not self._backlog:
-            self.close(None)
+            self._finish()
 
     def _drain_backlog(self) -> None:
         """Handle queued frames until one must wait: for a pending reply or a full write buffer."""
@@ -309,7 +338,7 @@ class Session(asyncio.Protocol):
             # wait, and a longer one makes fewer, larger publish runs.
             turn *= 4
         while backlog and self._pending is None and not self._must_wait_for_client():
-            if self.state is State.CLOSED:
+            if self.state is State.CLOSED or self._close_when_sent:
                 return
             if turn == 0:
                 self._yield_turn()
@@ -333,7 +362,7 @@ class Session(asyncio.Protocol):
         """Handle the rest of the backlog once the loop has run everything else ready."""
         if not self._turn_scheduled:
             self._turn_scheduled = True
-            self.server.loop.call_soon(self._next_turn)
+            asyncio.get_running_loop().call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
         self._turn_scheduled = False
@@ -347,21 +376,22 @@ class Session(asyncio.Protocol):
     def _flush(self) -> None:
         out = self._out
         held = self._held
+        commits = self._commits
         if out:
             self._out = []
-            # The replies in _out were all made since the last flush: the log
-            # as appended so far holds every record they need on disk.
-            position = self._store.appended
-            if not held and position <= self._store.durable:
+            # The replies in _out were all made since the last flush: a ticket
+            # taken now covers every change they report.
+            ticket = commits.ticket()
+            if not held and ticket <= commits.durable():
                 self._out_bytes = 0
                 self._write(out)
                 return
-            held.append((position, out))
+            held.append((ticket, out))
             self._held_bytes += self._out_bytes
             self._out_bytes = 0
         if not held:
             return
-        durable = self._store.durable
+        durable = commits.durable()
         ready: list[bytes] = []
         while held and held[0][0] <= durable:
             lines = held.popleft()[1]
@@ -371,7 +401,7 @@ class Session(asyncio.Protocol):
             self._write(ready)
         if held and not self._awaiting_disk:
             self._awaiting_disk = True
-            self._store.when_durable(self._disk_caught_up)
+            commits.when_durable(self._disk_caught_up)
 
     def _write(self, lines: list[bytes]) -> None:
         transport = self._transport
@@ -410,22 +440,38 @@ class Session(asyncio.Protocol):
 
     # -- closing ------------------------------------------------------------
 
+    def _finish(self) -> None:
+        """EOF and every request answered: send the replies now, then close.
+
+        The transport may not stay open for the disk (TLS closes after EOF),
+        so the backend makes its changes durable on the spot.
+        """
+        if self._held:
+            self._commits.sync_now()
+        self.close(None)
+
     def close(self, reason: TcpmqError | None) -> None:
-        """Flush replies, send `bye` with `reason` if given, and close the connection."""
-        if self.state is State.CLOSED or self._transport is None:
+        """Enter CLOSING: answer a waiting pull, send every reply made and
+        `bye` with `reason` if given, then close the connection."""
+        if self.state is State.CLOSED or self._close_when_sent or self._transport is None:
             return
+        self.state = State.CLOSING
+        pending = self._pending
+        if pending is not None:
+            # A waiting pull is answered (an empty list) before the bye;
+            # work under way (a login's hash) cannot be, and is dropped.
+            pending.stop_waiting()
+            if self._pending is not None:
+                self._pending.cancel()
+                self._pending = None
+        self._end_run()
+        self._backlog.clear()
+        self._backlog_bytes = 0
         if reason is not None:
             self._out.append(wire.bye(reason))
         self._flush()
-        self.state = State.CLOSED
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-        self._backlog.clear()
-        if self._held:
-            # Replies still wait for the disk; close once they are sent.
-            self._close_when_sent = True
-        else:
+        self._close_when_sent = True
+        if not self._held:
             self._transport.close()
 
     def fail(self, reason: TcpmqError) -> None:
@@ -435,15 +481,27 @@ class Session(asyncio.Protocol):
         never be true, so they must not be sent.
         """
         self._held.clear()
-        self._out = [wire.bye(reason)]
-        self._close_when_sent = False
+        self._held_bytes = 0
+        self._out = []
+        self._out_bytes = 0
+        self._run = None
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSING
+        self._close_when_sent = True
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(self._out.pop())
-            self._out_bytes = 0
-        self.close(None)
+            transport.write(wire.bye(reason))
+            transport.close()
 
     def abort(self) -> None:
         """Drop the connection without flushing (shutdown grace period over)."""
         if self._transport is not None:
             self._transport.abort()
+
+
+_PRE_AUTH = _ALLOWED[State.AWAITING_AUTH] or frozenset()

@@ -1,0 +1,33 @@
+"""What request handlers are given: the application and the caller.
+
+`App` holds what every connection shares (the way uvicorn hands its
+protocols a small server state, not the server): the backend, the user
+directory, the token signer, the password pool, the connection registry and
+the limits. `Caller` is who sent a request: set by `auth`/`login`, read by
+every handler. Handlers take both and nothing else, so they know no sockets,
+no connection object and no server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .auth import TokenSigner
+from .backend import Backend
+from .caller import Caller
+from .config import Limits
+from .passwords import PasswordPool
+from .registry import Connections
+from .users import UserDirectory
+
+__all__ = ["App", "Caller"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class App:
+    backend: Backend
+    users: UserDirectory
+    signer: TokenSigner
+    passwords: PasswordPool
+    connections: Connections
+    limits: Limits

@@ -1,0 +1,199 @@
+"""A backend whose state lives in this process: the broker core plus a journal.
+
+`CoreBackend` adapts `broker.Broker` (synchronous, no I/O, time passed in)
+to the `Backend` interface: it reads the loop's clock, checks who may act on
+a queue, encodes the hot replies from stored bytes, and parks long-poll pulls
+as `PullWaiter`s. What makes it durable or not is the broker's journal and
+the `Commits` beside it: the `log` backend journals to disk and its tickets
+follow the group commit; the `memory` backend journals nothing and every
+ticket is durable at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .. import wire
+from ..broker import Broker, Entry, Queue
+from ..errors import Forbidden, TcpmqError
+from ..pending import Pending, Result
+from .base import Commits
+
+
+class ImmediateCommits:
+    """Commits of a backend that keeps nothing: every ticket is durable at once."""
+
+    def ticket(self) -> int:
+        return 0
+
+    def durable(self) -> int:
+        return 0
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def sync_now(self) -> None:
+        pass
+
+
+_NO_MESSAGES = wire.pull_fields([], [])
+
+
+def _encode_deliveries(deliveries: list[Entry]) -> bytes:
+    return wire.pull_fields([d.head for d in deliveries], [d.attempts for d in deliveries])
+
+
+class PullWaiter(Pending):
+    """A long-poll pull parked on a queue until messages arrive or `wait` passes."""
+
+    __slots__ = ("_broker", "_queue", "_timer", "max")
+
+    def __init__(self, broker: Broker, queue: Queue, max_messages: int) -> None:
+        super().__init__()
+        self.max = max_messages
+        self._broker = broker
+        self._queue = queue
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, wait: float) -> None:
+        self._timer = loop.call_later(wait, self._time_out)
+        self._broker.wait(self._queue, self)
+
+    def wake(self, deliveries: list[Entry]) -> None:
+        self.complete(_encode_deliveries(deliveries))
+
+    def fail(self, error: TcpmqError) -> None:
+        self.complete(error)
+
+    def _time_out(self) -> None:
+        self.complete(_NO_MESSAGES)
+
+    def stop_waiting(self) -> None:
+        # A waiter exists only while nothing is ready: the answer now is none.
+        # Waiting on would deliver messages into flight for a client that may
+        # be gone, to come back only after their ack timeout.
+        self._time_out()
+
+    def release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._broker.cancel_wait(self._queue, self)
+
+
+class CoreBackend:
+    def __init__(
+        self,
+        name: str,
+        broker: Broker,
+        commits: Commits,
+        loop: asyncio.AbstractEventLoop,
+        close_store: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.broker = broker
+        self.commits = commits
+        self._loop = loop
+        self._close_store = close_store
+
+    # -- channels -------------------------------------------------------------
+
+    def create_channel(self, name: str, owner: str, created_at: float) -> Result:
+        return {"channel": self.broker.create_channel(name, owner, created_at).info()}
+
+    def delete_channel(self, name: str, user: str, admin: bool) -> Result:
+        channel = self.broker.channel(name)
+        if not admin and channel.owner != user:
+            raise Forbidden(f"only the owner of channel {channel.name!r} or an admin may delete it")
+        self.broker.delete_channel(name)
+        return None
+
+    def list_channels(self) -> Result:
+        channels = self.broker.channels
+        return {"channels": [channels[name].info() for name in sorted(channels)]}
+
+    def get_channel(self, name: str) -> Result:
+        channel = self.broker.channel(name)
+        info = channel.info()
+        info["queues"] = [channel.queues[q].info() for q in sorted(channel.queues)]
+        return {"channel": info}
+
+    # -- queues ---------------------------------------------------------------
+
+    def subscribe(
+        self,
+        channel: str,
+        queue: str,
+        user: str,
+        admin: bool,
+        ack_timeout: float | None,
+        created_at: float,
+    ) -> Result:
+        found, created = self.broker.subscribe(
+            channel, queue, user, ack_timeout, created_at, admin=admin
+        )
+        return {"queue": found.info(), "created": created}
+
+    def list_queues(self, channel: str) -> Result:
+        queues = self.broker.channel(channel).queues
+        return {"queues": [queues[name].info() for name in sorted(queues)]}
+
+    def delete_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result:
+        found = self.broker.queue(channel, queue)
+        if not (admin or found.owner == user or self.broker.channels[channel].owner == user):
+            raise Forbidden("only the queue's owner, the channel's owner or an admin may delete it")
+        self.broker.delete_queue(channel, queue)
+        return None
+
+    def delete_user(self, name: str, heir: str) -> None:
+        self.broker.delete_user(name, heir)
+
+    # -- messages -------------------------------------------------------------
+
+    def publish(
+        self, channel: str, datas: list[bytes], publisher: bytes, published_at: float
+    ) -> tuple[int, int]:
+        ids, queues = self.broker.publish(
+            channel, datas, publisher, published_at, self._loop.time()
+        )
+        return ids[0], queues
+
+    def _owned_queue(self, channel: str, name: str, user: str, admin: bool) -> Queue:
+        queue = self.broker.queue(channel, name)
+        if queue.owner != user and not admin:
+            raise Forbidden(f"queue {queue.name!r} belongs to another user")
+        return queue
+
+    def pull(
+        self, channel: str, queue: str, user: str, admin: bool, max_messages: int, wait: float
+    ) -> Result | Pending:
+        found = self._owned_queue(channel, queue, user, admin)
+        broker = self.broker
+        deliveries = broker.pull(found, max_messages, self._loop.time())
+        if deliveries or wait == 0:
+            return _encode_deliveries(deliveries)
+        waiter = PullWaiter(broker, found, max_messages)
+        waiter.start(self._loop, wait)
+        return waiter
+
+    def ack(self, channel: str, queue: str, user: str, admin: bool, ids: list[int]) -> Result:
+        found = self._owned_queue(channel, queue, user, admin)
+        acked, unknown = self.broker.ack(found, ids, self._loop.time())
+        return {"acked": acked, "unknown": unknown}
+
+    def nack(self, channel: str, queue: str, user: str, admin: bool, ids: list[int]) -> Result:
+        found = self._owned_queue(channel, queue, user, admin)
+        requeued, unknown = self.broker.nack(found, ids, self._loop.time())
+        return {"requeued": requeued, "unknown": unknown}
+
+    # -- time -----------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.broker.next_deadline()
+
+    def expire(self, now: float) -> int:
+        return self.broker.expire(now)
+
+    async def close(self) -> None:
+        if self._close_store is not None:
+            await self._close_store()
