@@ -46,7 +46,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
     commands = leaf_commands(build_command_line())
     assert {" ".join(command) for command in commands} == {
         *("serve", "token", "check", "repair", "shell"),
-        *("login", "logout", "whoami", "ping", "ops"),
+        *("login", "logout", "whoami", "ping", "ops", "info"),
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),
         *("sub", "queue list", "queue rm", "pub", "pull", "ack", "nack"),
@@ -263,6 +263,11 @@ async def test_channel_queue_and_subscription_commands(tmp_path: Path) -> None:
         assert (await cli.ok("channel", "list", "--json")).out == "[]\n"
         ops = orjson.loads((await cli.ok("ops", "--json")).out)
         assert {"publish", "pull", "channel.create"} <= {op["op"] for op in ops}
+        about = orjson.loads((await cli.ok("info", "--json")).out)
+        assert about["store"] == "log" and about["limits"]["max_batch"] == 1000
+        text = (await cli.ok("info")).out.splitlines()
+        assert text[0].startswith("tcpmq ") and text[0].endswith(", store log")
+        assert ["max_queue_bytes", "268435456"] in [line.split() for line in text]
 
 
 async def test_pub_pull_ack_nack(tmp_path: Path) -> None:

@@ -265,6 +265,13 @@ async def test_help(admin_client: Client) -> None:
     assert pull.summary
 
 
+async def test_info(server: Server, admin_client: Client) -> None:
+    about = await admin_client.info()
+    assert (about.server, about.store) == ("tcpmq", server.config.store)
+    assert about.limits["max_frame_bytes"] == server.config.limits.max_frame_bytes
+    assert about.limits["max_depth"] == 128
+
+
 async def test_users(server: Server, admin_client: Client) -> None:
     created = await admin_client.user_create("carol", USER_PASSWORD)
     assert isinstance(created, UserInfo)

@@ -83,6 +83,15 @@ class SubscribeResult(_Result):
     created: bool
 
 
+class ServerInfo(_Result):
+    server: str
+    version: str
+    protocol: int
+    store: str
+    # Every limit by name (protocol.md, Limits): numbers only.
+    limits: dict[str, int | float]
+
+
 class OpHelp(_Result):
     op: str
     fields: str

@@ -244,6 +244,9 @@ def _account_commands(table: Table, shell: bool) -> None:
     table.command(
         "ops", "list the ops the server knows (the protocol's help)", "tcpmq ops"
     ).set_defaults(handler=manage.ops)
+    table.command(
+        "info", "show the server's version, store and every limit it enforces", "tcpmq info"
+    ).set_defaults(handler=manage.info)
 
 
 def _manage_commands(table: Table, shell: bool) -> None:

@@ -137,6 +137,14 @@ async def queue_rm(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+async def info(ctx: Context, args: argparse.Namespace) -> int:
+    about = await (await ctx.session.client()).info()
+    rows = ([name, str(value)] for name, value in about.limits.items())
+    text = f"{about.server} {about.version}, protocol {about.protocol}, store {about.store}\n"
+    ctx.out.result(about, text + table(["LIMIT", "VALUE"], rows))
+    return 0
+
+
 async def ops(ctx: Context, args: argparse.Namespace) -> int:
     known = await (await ctx.session.client()).help()
     rows = ([o.op, o.fields, o.summary] for o in known)

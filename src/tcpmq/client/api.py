@@ -24,6 +24,7 @@ from ..models import (
     PublishResult,
     QueueInfo,
     Role,
+    ServerInfo,
     SubscribeResult,
     UserInfo,
 )
@@ -178,6 +179,10 @@ class Client:
         """The ops the server knows, with their field signatures."""
         reply = await self._link.call("help", {})
         return parse_list(OpHelp, reply.get("ops"), "help")
+
+    async def info(self) -> ServerInfo:
+        """The server's version, its store (log or memory) and every limit it enforces."""
+        return parse(ServerInfo, await self._link.call("server.info", {}), "server.info")
 
     async def user_create(self, name: str, password: str, role: Role = "user") -> UserInfo:
         """Create a user (admins only).
