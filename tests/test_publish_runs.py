@@ -103,6 +103,29 @@ async def test_a_run_that_would_overflow_a_queue_is_refused_publish_by_publish(
         assert channel["published"] == 3
 
 
+async def test_a_batch_publish_in_an_overflowing_run_is_refused_whole(tmp_path: Path) -> None:
+    async with (
+        running_server(tmp_path / "data", max_queue_messages=4) as server,
+        open_user_wire(server, "admin") as wire,
+    ):
+        await _setup(wire, "c")
+        lines = [
+            _publish("c", "a", rid=1),
+            b'{"op":"publish","channel":"c","messages":["b","c","d","e"],"id":2}\n',
+            b'{"op":"publish","channel":"c","messages":["f","g"],"id":3}\n',
+            _publish("c", "h", rid=4),
+        ]
+        await wire.send_raw(b"".join(lines))
+        first, batch, fits, last = [await wire.recv() for _ in lines]
+        # Alone, each gets what it would have: the batch of four cannot join "a".
+        assert first["message_ids"] == [1]
+        assert expect_error(batch, "limit_exceeded")["limit"] == "max_queue_messages"
+        assert fits["message_ids"] == [2, 3]
+        assert last["message_ids"] == [4]
+        pulled = (await wire.ok("pull", channel="c", queue="q", max=10))["messages"]
+        assert [m["data"] for m in pulled] == ["a", "f", "g", "h"]
+
+
 async def test_a_waiting_pull_gets_messages_of_a_run(server: Server) -> None:
     async with (
         open_user_wire(server, "admin") as publisher,

@@ -283,14 +283,14 @@ class PublishRun:
     each gets the result it would have had alone.
     """
 
-    __slots__ = ("channel", "counts", "datas", "heads", "size")
+    __slots__ = ("batches", "channel", "datas", "heads", "size")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.datas: list[bytes] = []
         self.heads: list[bytes] = []  # each request's reply head (its id)
-        # Each request's number of messages; None while every one has one.
-        self.counts: list[int] | None = None
+        # The requests with `messages`, by index: their message counts.
+        self.batches: dict[int, int] = {}
         self.size = 0
 
     def add(self, head: bytes, data: bytes) -> None:
@@ -298,17 +298,19 @@ class PublishRun:
         self.heads.append(head)
         self.datas.append(data)
         self.size += len(data)
-        if self.counts is not None:
-            self.counts.append(1)
 
     def add_batch(self, head: bytes, datas: list[bytes], size: int) -> None:
         """Add a publish of `messages` (encoded, `size` bytes together)."""
-        if self.counts is None:
-            self.counts = [1] * len(self.heads)
+        self.batches[len(self.heads)] = len(datas)
         self.heads.append(head)
-        self.counts.append(len(datas))
         self.datas.extend(datas)
         self.size += size
+
+    @property
+    def counts(self) -> list[int]:
+        """Each request's number of messages."""
+        batches = self.batches
+        return [batches.get(index, 1) for index in range(len(self.heads))]
 
     def replies(self, app: App, caller: Caller) -> list[bytes]:
         """Publish the run; the reply line of each publish, in order."""
@@ -322,11 +324,10 @@ class PublishRun:
             if len(self.heads) == 1:
                 return [wire.reply_error(self.heads[0], exc)]
             return self._one_by_one(app, caller, now)
-        counts = self.counts
-        if counts is None:  # one message each: the usual run
+        if not self.batches:  # one message each: the usual run
             return [reply(head, first + i, 1, queues) for i, head in enumerate(self.heads)]
         replies = []
-        for head, count in zip(self.heads, counts, strict=True):
+        for head, count in zip(self.heads, self.counts, strict=True):
             replies.append(reply(head, first, count, queues))
             first += count
         return replies
@@ -334,8 +335,7 @@ class PublishRun:
     def _one_by_one(self, app: App, caller: Caller, now: float) -> list[bytes]:
         replies = []
         start = 0
-        counts = self.counts or [1] * len(self.heads)
-        for head, count in zip(self.heads, counts, strict=True):
+        for head, count in zip(self.heads, self.counts, strict=True):
             datas = self.datas[start : start + count]
             start += count
             try:

@@ -457,13 +457,21 @@ def encode_data(data: Any, field: str = "data", levels: int = MAX_DEPTH - 1) -> 
         if "Recursion limit" in str(exc):  # orjson stops at 254 levels
             raise _too_deep(field) from None
         raise BadRequest(f"{field} cannot be encoded: {exc}", field=field) from None
-    if (
+    if len(encoded) > _SHORTEST_TOO_DEEP and _too_deep_data(encoded, data, levels):
+        raise _too_deep(field)
+    return encoded
+
+
+# No data shorter than this can nest too deep, wherever it sits in a request.
+_SHORTEST_TOO_DEEP = 2 * (MAX_DEPTH - 2)
+
+
+def _too_deep_data(encoded: bytes, data: Any, levels: int) -> bool:
+    return (
         len(encoded) > 2 * levels
         and encoded.count(b"[") + encoded.count(b"{") > levels
         and _deeper(data, levels)
-    ):
-        raise _too_deep(field)
-    return encoded
+    )
 
 
 def encode_messages(values: list[Any]) -> list[bytes]:
