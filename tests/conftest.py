@@ -18,11 +18,14 @@ import orjson
 import pytest
 import uvloop
 
+from tcpmq.auth import hash_password
 from tcpmq.config import Limits, ServerConfig, StorageConfig
 from tcpmq.server import Server
 
 ADMIN_PASSWORD = "admin-test-password"
 USER_PASSWORD = "user-test-password"
+# Hashed once: scrypt is slow on purpose, and every test starts a server.
+ADMIN_PASSWORD_HASH = hash_password(ADMIN_PASSWORD)
 # Generous: replies normally arrive in microseconds; this only stops a broken test hanging.
 REPLY_TIMEOUT = 10.0
 
@@ -32,9 +35,10 @@ PROTOCOL_OPS = frozenset(
     {
         *("ping", "login", "auth", "whoami", "help"),
         *("user.create", "user.list", "user.get", "user.delete"),
+        *("user.passwd", "user.revoke_tokens"),
         *("channel.create", "channel.list", "channel.get", "channel.delete"),
-        *("subscribe", "queue.list", "queue.delete"),
-        *("publish", "pull", "ack", "nack"),
+        *("subscribe", "queue.list", "queue.delete", "queue.purge"),
+        *("publish", "pull", "peek", "ack", "nack"),
         "server.info",
     }
 )
@@ -87,7 +91,8 @@ async def running_server(
     data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
 ) -> AsyncIterator[Server]:
     """A started server on the current test's backend (see `store`)."""
-    server = Server(make_config(data_dir, storage, **limits), admin_password=ADMIN_PASSWORD)
+    config = make_config(data_dir, storage, **limits)
+    server = Server(config, admin_password_hash=ADMIN_PASSWORD_HASH)
     await server.start()
     try:
         yield server

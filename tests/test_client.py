@@ -568,9 +568,23 @@ async def test_pull_wait_extends_timeout(server: Server) -> None:
         await client.channel_create("quiet")
         await client.subscribe("quiet")
         # The server answers after 1 s, beyond `timeout`, but within timeout + wait;
-        # the ping behind it is held back just as long and must not time out either.
-        pulled, _ = await asyncio.gather(client.pull("quiet", wait=1.0), client.ping())
-        assert pulled == []
+        # a pull behind it waits its turn just as long and must not time out either.
+        first, second = await asyncio.gather(
+            client.pull("quiet", wait=1.0), client.pull("quiet", wait=0.1)
+        )
+        assert first == second == []
+
+
+async def test_a_long_poll_does_not_hold_up_other_calls(server: Server) -> None:
+    async with connect(url_of(server), token=server.mint_token("admin")) as client:
+        await client.channel_create("quiet")
+        await client.subscribe("quiet")
+        polling = asyncio.create_task(client.pull("quiet", wait=60))
+        await asyncio.sleep(0)  # let the pull be written first
+        # Far less than the pull's 60 s: the ping ends the wait, and the pull
+        # gets what is ready (nothing).
+        await asyncio.wait_for(client.ping(), 10)
+        assert await asyncio.wait_for(polling, 10) == []
 
 
 async def test_waiting_pull_on_deleted_channel(alice: Client, server: Server) -> None:

@@ -362,3 +362,26 @@ async def test_an_abandoned_bare_loop_is_settled_without_the_cyclic_gc(
         assert await redelivered(admin, 2) == [(0, 2), (1, 2)]
     finally:
         gc.enable()
+
+
+async def test_a_call_beside_a_consumer_does_not_end_its_loop(server: Server) -> None:
+    # The ping ends the consumer's waiting pull early and empty; with
+    # stop_when_empty the loop must pull again, not take that for an empty queue.
+    async with connect(url_of(server), token=server.mint_token("admin")) as client:
+        await client.channel_create(CHANNEL)
+        await client.subscribe(CHANNEL)
+        seen: list[object] = []
+
+        async def work() -> None:
+            async for msg in client.consume(CHANNEL, wait=1.0, stop_when_empty=True):
+                seen.append(msg.data)
+
+        consuming = asyncio.create_task(work())
+        queue = server.backend.broker.queue(CHANNEL, "admin")  # type: ignore[attr-defined]
+        # Nothing announces a parked pull; look once per turn of the shared loop.
+        while not queue.waiters:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        await client.ping()
+        await client.publish(CHANNEL, "after the ping")
+        await asyncio.wait_for(consuming, REPLY_TIMEOUT)
+        assert seen == ["after the ping"]

@@ -628,3 +628,15 @@ async def test_connection_survives_a_long_mix_of_errors(server: Server) -> None:
         await wire.error("nonsense", "unknown_op")
         await wire.error("user.get", "not_found", name="ghost")
         assert (await wire.ok("whoami"))["user"] == "admin"
+
+
+async def test_a_typed_word_gets_told_how_to_say_it(wire: Wire) -> None:
+    # What a person types at nc first: told to send JSON, with the request to try.
+    error = expect_error(await wire.call_raw(b"help"), "bad_json")
+    assert error["message"].startswith("not JSON: send one JSON object per line")
+    assert '{"op":"help"}' in error["message"]
+    assert '{"op":"ping"}' in expect_error(await wire.call_raw(b"PING"), "bad_json")["message"]
+    # The line is not repeated back: it may hold a password.
+    error = expect_error(await wire.call_raw(b"login admin s3cret-passw0rd"), "bad_json")
+    assert '{"op":"login"}' in error["message"] and "s3cret" not in error["message"]
+    assert await wire.call("ping") == {"ok": True}

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import re
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ OP_FIELDS = {
     "user.list": [],
     "user.get": ["name"],
     "user.delete": ["name"],
+    "user.passwd": ["name", "password"],
+    "user.revoke_tokens": ["name"],
     "channel.create": ["name"],
     "channel.list": [],
     "channel.get": ["name"],
@@ -53,14 +56,19 @@ OP_FIELDS = {
     "subscribe": ["channel", "queue", "ack_timeout"],
     "queue.list": ["channel"],
     "queue.delete": ["channel", "queue"],
+    "queue.purge": ["channel", "queue"],
     "publish": ["channel", "data", "messages"],
     "pull": ["channel", "queue", "max", "wait"],
+    "peek": ["channel", "queue", "max"],
     "ack": ["channel", "queue", "ids"],
     "nack": ["channel", "queue", "ids"],
 }
 USER_KEYS = {"name", "role", "created_at"}
-CHANNEL_KEYS = {"name", "owner", "created_at", "published", "queue_count"}
-QUEUE_KEYS = {"name", "channel", "owner", "created_at", "ack_timeout", "depth", "inflight"}
+CHANNEL_KEYS = {"name", "owner", "created_at", "published", "queue_count", "depth"}
+QUEUE_KEYS = {
+    *("name", "channel", "owner", "created_at", "ack_timeout", "depth", "inflight"),
+    *("consumers", "oldest_age", "redeliveries"),
+}
 MESSAGE_KEYS = {"id", "data", "published_at", "publisher", "attempt"}
 
 DEFAULT_TOKEN_TTL = 86400
@@ -908,7 +916,7 @@ async def test_queue_list(alice: Wire, bob: Wire) -> None:
 
 async def test_queue_list_not_found(alice: Wire) -> None:
     await alice.error("queue.list", "not_found", channel="nowhere")
-    assert (await alice.error("queue.list", "bad_request"))["field"] == "channel"
+    assert (await alice.error("queue.list", "bad_request", channel="a b"))["field"] == "channel"
 
 
 async def test_queue_delete_by_owner(alice: Wire) -> None:
@@ -1457,6 +1465,29 @@ async def test_auth_timeout(tmp_path: Path) -> None:
             reply = await active.ok("pull", channel="c", wait=0.6)
             assert reply["messages"] == []
             assert (await active.ok("whoami"))["user"] == "admin"
+
+
+async def test_typing_keeps_an_unauthenticated_connection_open_up_to_a_limit(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_server(tmp_path / "data", auth_timeout=0.4, max_auth_time=1.2) as srv,
+        open_wire(srv) as typist,
+    ):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # A line every 0.1 s: well past auth_timeout, the connection stays open...
+        while loop.time() - started < 0.8:
+            assert await typist.call("ping") == {"ok": True}
+            await asyncio.sleep(0.1)  # the pause between typed lines is the point here
+        # ...until max_auth_time, however busy the typist.
+        await typist.send("ping")
+        while (line := await typist.recv()).get("event") != "bye":
+            assert line == {"ok": True}
+            await asyncio.sleep(0.1)
+            with suppress(ConnectionError):  # the bye may be on its way
+                await typist.send("ping")
+        expect_error({"ok": False, **line}, "unauthenticated")
 
 
 async def test_shutdown_says_bye(tmp_path: Path) -> None:

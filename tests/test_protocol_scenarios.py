@@ -499,16 +499,33 @@ async def test_waiting_pull_gets_not_found_when_the_queue_owner_is_deleted(
         assert (await consumer.ok("channel.get", name="lp"))["channel"]["queue_count"] == 0
 
 
-async def test_replies_behind_a_waiting_pull_follow_it(server: Server, alice: Wire) -> None:
+async def test_a_request_behind_a_waiting_pull_ends_the_wait(alice: Wire) -> None:
     await alice.ok("channel.create", name="lp")
     await alice.ok("subscribe", channel="lp")
     await start_waiting_pull(alice, "wait", channel="lp", wait=30)
+    # The ping is not held for 30 s: the pull answers with what is ready (nothing), then it.
     await alice.send_raw(b'{"op":"ping","id":"behind"}\n')
+    assert await prompt_reply(alice) == {"ok": True, "id": "wait", "messages": []}
+    assert await prompt_reply(alice) == {"ok": True, "id": "behind"}
+    # So does a bad line: it is answered at once too.
+    await start_waiting_pull(alice, "again", channel="lp", wait=30)
+    await alice.send_raw(b"{nonsense\n")
+    assert await prompt_reply(alice) == {"ok": True, "id": "again", "messages": []}
+    expect_error(await prompt_reply(alice), "bad_json")
+
+
+async def test_pulls_behind_a_waiting_pull_wait_in_turn(server: Server, alice: Wire) -> None:
+    await alice.ok("channel.create", name="lp")
+    await alice.ok("subscribe", channel="lp")
+    await start_waiting_pull(alice, "first", channel="lp", wait=30)
+    await alice.send_raw(b'{"op":"pull","channel":"lp","wait":30,"id":"second"}\n')
     async with open_user_wire(server, "alice") as publisher:
         await publisher.ok("publish", channel="lp", data=1)
-    reply = await prompt_reply(alice)
-    assert reply["id"] == "wait" and [m["data"] for m in reply["messages"]] == [1]
-    assert await prompt_reply(alice) == {"ok": True, "id": "behind"}
+        first = await prompt_reply(alice)
+        assert first["id"] == "first" and [m["data"] for m in first["messages"]] == [1]
+        await publisher.ok("publish", channel="lp", data=2)
+    second = await prompt_reply(alice)
+    assert second["id"] == "second" and [m["data"] for m in second["messages"]] == [2]
 
 
 # --- redelivery -------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
@@ -30,6 +31,9 @@ _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
 _SALT_BYTES = 16
 _ALGORITHM = "HS256"
+# How far in the future a token's `iat` may be: the second a token minted
+# just after a revocation is issued at (see users.py).
+_IAT_AHEAD = 1.0
 
 
 def _b64(data: bytes) -> str:
@@ -108,6 +112,7 @@ class TokenClaims:
     role: str
     uid: str
     expires_at: int
+    issued_at: int
 
 
 class TokenSigner:
@@ -117,6 +122,11 @@ class TokenSigner:
         self._secret = secret
 
     def mint(self, user: str, role: str, uid: str, ttl: int, now: float | None = None) -> str:
+        """A token issued at `now` (default: the time), truncated to the second.
+
+        Pass `now=User.token_issued_at(...)`: after a revocation that may be up
+        to a second ahead of the clock, which `verify` allows.
+        """
         issued = int(time.time() if now is None else now)
         claims = {"sub": user, "role": role, "uid": uid, "iat": issued, "exp": issued + ttl}
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
@@ -132,7 +142,9 @@ class TokenSigner:
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
-                options={"require": ["sub", "uid", "iat", "exp"]},
+                # `iat` is checked below, allowing the second ahead that a
+                # token minted just after a revocation may have (see users.py).
+                options={"require": ["sub", "uid", "iat", "exp"], "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             raise AuthFailed("token expired") from None
@@ -141,4 +153,15 @@ class TokenSigner:
         user, uid, role = claims.get("sub"), claims.get("uid"), claims.get("role", "")
         if not isinstance(user, str) or not isinstance(uid, str) or not isinstance(role, str):
             raise AuthFailed("invalid token")
-        return TokenClaims(user=user, role=role, uid=uid, expires_at=int(claims["exp"]))
+        issued = claims["iat"]
+        if not isinstance(issued, int | float) or isinstance(issued, bool):
+            raise AuthFailed("invalid token")
+        if not math.isfinite(issued) or issued > time.time() + _IAT_AHEAD:
+            raise AuthFailed("invalid token")
+        return TokenClaims(
+            user=user,
+            role=role,
+            uid=uid,
+            expires_at=int(claims["exp"]),
+            issued_at=int(claims["iat"]),
+        )

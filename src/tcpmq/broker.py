@@ -37,8 +37,9 @@ queue has nothing ready; whatever makes messages ready (publish, nack, expiry)
 hands them to the waiters in the order they started waiting.
 
 Persistence: every change that must survive a restart (channels and queues
-created, changed or dropped, messages published, delivered and acked) is
-reported to a `Journal`, in the order it happens. Nacks and expiries are not:
+created, changed or dropped, messages published, delivered and acked; a purge
+is reported as an ack of the ready messages it dropped) is reported to a
+`Journal`, in the order it happens. Nacks and expiries are not:
 after a restart every unacked message is ready again, with the attempt count
 its deliveries gave it. Channels and queues carry a `uid` that is never
 reused, so the journal can tell a re-created channel from the one that was
@@ -56,7 +57,7 @@ from typing import Protocol
 
 from .config import Limits
 from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
-from .wire import encode_message_head, encode_timestamp, head_id
+from .wire import encode_message_head, encode_timestamp, head_id, head_published_at
 
 #: A queued message: its encoded head (see `wire.encode_message_head`), shared
 #: by every queue of its channel.
@@ -190,7 +191,9 @@ class Queue:
         """Ready messages: never delivered, or returned by nack or ack timeout."""
         return len(self.fresh) + len(self.retry)
 
-    def info(self) -> dict[str, object]:
+    def info(self, now: float) -> dict[str, object]:
+        """The queue object of the protocol; `now` (epoch seconds) dates `oldest_age`."""
+        oldest = self.oldest()
         return {
             "name": self.name,
             "channel": self.channel,
@@ -199,7 +202,33 @@ class Queue:
             "ack_timeout": self.ack_timeout,
             "depth": self.depth,
             "inflight": self.inflight_count,
+            # Pulls parked on the queue: one per connection at most, since a
+            # connection handles nothing else while its pull waits.
+            "consumers": len(self.waiters),
+            "oldest_age": None if oldest is None else max(0.0, now - head_published_at(oldest)),
+            "redeliveries": len(self.retry),
         }
+
+    def oldest(self) -> Message | None:
+        """The head of the lowest id held, ready or in flight (the first published), if any.
+
+        Ready messages are in id order (`retry` below `fresh`); in-flight ones
+        are not, so their ids are scanned: one `min` per lane, in C.
+        """
+        best: Message | None = None
+        best_id = 0
+        if self.retry:
+            best_id, entry = self.retry[0]
+            best = entry.head
+        elif self.fresh:
+            best = self.fresh[0]
+            best_id = head_id(best)
+        for lane in self.lanes:
+            if lane:
+                lowest = min(lane)
+                if best is None or lowest < best_id:
+                    best, best_id = lane[lowest].head, lowest
+        return best
 
     def settle_all(self, ids: Iterable[int]) -> tuple[list[Entry], list[int]]:
         """Take deliveries out of flight; returns them and the ids that were not in flight."""
@@ -298,6 +327,7 @@ class Channel:
             "created_at": self.created_at,
             "published": self.published,
             "queue_count": len(self.queues),
+            "depth": sum(queue.depth for queue in self.queues.values()),
         }
 
     def record(self) -> dict[str, object]:
@@ -526,6 +556,47 @@ class Broker:
         if returned:
             self._requeue(queue, returned, now)
         return len(returned), unknown
+
+    def peek(self, queue: Queue, max_messages: int) -> list[tuple[Message, int]]:
+        """Up to `max_messages` ready messages, in the order a pull would take them.
+
+        Nothing changes: each comes with the attempt its next delivery would
+        have. The reply is bounded as a pull's is (see `_take`).
+        """
+        retry = heapq.nsmallest(max_messages, queue.retry) if queue.retry else []
+        candidates = itertools.chain(
+            ((entry.head, entry.attempts + 1) for _, entry in retry),
+            ((head, 1) for head in itertools.islice(queue.fresh, max_messages - len(retry))),
+        )
+        budget = self.limits.max_frame_bytes - 256
+        found: list[tuple[Message, int]] = []
+        for head, attempt in candidates:
+            if found and len(head) + 24 > budget:
+                break
+            budget -= len(head) + 24
+            found.append((head, attempt))
+        return found
+
+    def purge(self, queue: Queue) -> int:
+        """Drop every ready message of the queue; in-flight ones stay. Returns how many.
+
+        Journaled as an ack of the dropped ids, which replay already applies.
+        """
+        fresh = queue.fresh
+        ids: list[int] = [message_id for message_id, _ in queue.retry]
+        if fresh:
+            first, last = head_id(fresh[0]), head_id(fresh[-1])
+            if last - first == len(fresh) - 1:
+                ids.extend(range(first, last + 1))
+            else:  # a gap: some were acked before a restart
+                ids.extend(map(head_id, fresh))
+        if not ids:
+            return 0
+        self.journal.acked(queue, ids)
+        fresh.clear()
+        queue.retry.clear()
+        queue.ready_bytes = 0
+        return len(ids)
 
     # -- ack deadlines ----------------------------------------------------
 

@@ -48,8 +48,11 @@ class Limits:
     max_queues_per_channel: int = 1_000
     max_connections: int = 10_000
     max_connections_per_user: int = 1_000
-    # A connection that has not authenticated within this many seconds is closed.
-    auth_timeout: float = 10.0
+    # A connection that has not authenticated is closed after this many
+    # seconds without a line from it (a person typing keeps it open), and
+    # after max_auth_time seconds in all.
+    auth_timeout: float = 30.0
+    max_auth_time: float = 120.0
     # Requests read but not yet handled (behind a long-poll or a login, or
     # while replies back up) per connection, by count and by size; above
     # either the server stops reading that connection.

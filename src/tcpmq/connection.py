@@ -55,6 +55,8 @@ import logging
 from collections import deque
 from typing import cast
 
+import orjson
+
 from . import wire
 from .app import App, Caller
 from .deadlines import DeadlineTimer
@@ -113,6 +115,8 @@ class Connection(asyncio.Protocol):
         # not reading its replies); None marks where a frame was too large.
         self._backlog: deque[bytes | None] = deque()
         self._backlog_bytes = 0
+        # Frames at the backlog's head already seen to be pulls (see _request_behind_wait).
+        self._pulls_ahead = 0
         self._pending: Pending | None = None
         # Publishes read but not yet published (see _join_run).
         self._run: PublishRun | None = None
@@ -122,6 +126,9 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._eof = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        # Until authenticated: each line read moves the deadline, up to the limit.
+        self._auth_deadline = 0.0
+        self._auth_limit = 0.0
 
     @property
     def peer(self) -> str:
@@ -142,18 +149,29 @@ class Connection(asyncio.Protocol):
             )
             return
         transport.write(wire.hello(self._limits.max_frame_bytes))
-        timeout = self._limits.auth_timeout
-        self._auth_timer = asyncio.get_running_loop().call_later(timeout, self._auth_expired)
+        loop = asyncio.get_running_loop()
+        self._auth_limit = loop.time() + self._limits.max_auth_time
+        self._auth_deadline = loop.time() + self._limits.auth_timeout
+        self._auth_timer = loop.call_at(self._auth_deadline, self._auth_expired)
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.CLOSED or self.state is State.CLOSING:
             return
         frames = self._decoder.feed(data)
+        if self._auth_timer is not None and frames:
+            # Someone is typing: give them auth_timeout more, within max_auth_time.
+            now = asyncio.get_running_loop().time()
+            self._auth_deadline = min(now + self._limits.auth_timeout, self._auth_limit)
         backlog = self._backlog
         backlog.extend(frames)
         self._backlog_bytes += sum(map(len, frames))
         if self._decoder.error is not None:
             backlog.append(None)
+        if self._pending is not None and self._request_behind_wait():
+            # A waiting pull must not hold up what the client asks next: it
+            # is answered now with what is ready (may complete it: see
+            # _pending_done). Work under way (a login's hash) is not ended.
+            self._pending.stop_waiting()
         self._drain_backlog()
         self._flush()
         self._update_reading()
@@ -180,6 +198,7 @@ class Connection(asyncio.Protocol):
             self._pending = None
         self._backlog.clear()
         self._backlog_bytes = 0
+        self._pulls_ahead = 0
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         self.app.connections.forget(self)
@@ -205,9 +224,20 @@ class Connection(asyncio.Protocol):
 
     def _auth_expired(self) -> None:
         self._auth_timer = None
-        if self.state is State.AWAITING_AUTH:
-            timeout = self._limits.auth_timeout
-            self.close(Unauthenticated(f"not authenticated within {timeout:g} seconds"))
+        if self.state is not State.AWAITING_AUTH:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._auth_deadline:
+            # A line came meanwhile: wait on (the timer moves lazily, not per read).
+            self._auth_timer = loop.call_at(self._auth_deadline, self._auth_expired)
+            return
+        limits = self._limits
+        self.close(
+            Unauthenticated(
+                f"not authenticated: no line for {limits.auth_timeout:g} seconds, "
+                f"or {limits.max_auth_time:g} seconds in all"
+            )
+        )
 
     # -- requests and replies -------------------------------------------------
 
@@ -241,7 +271,8 @@ class Connection(asyncio.Protocol):
             self._pending = result
             self._pending_head = head
             result.on_done(self._pending_done)
-            if self._eof:
+            # Nothing more will come, or a request already read waits behind it.
+            if self._eof or (self._backlog and self._request_behind_wait()):
                 result.stop_waiting()
         else:
             if self.state is State.AWAITING_AUTH and self.caller.user is not None:
@@ -249,6 +280,21 @@ class Connection(asyncio.Protocol):
             reply = wire.reply_ok(head, result)
             self._out.append(reply)
             self._out_bytes += len(reply)
+
+    def _request_behind_wait(self) -> bool:
+        """Whether a request other than a pull waits behind the pending reply.
+
+        Such a request ends a waiting pull (anything else would wait for the
+        pull's whole `wait`); pulls pipelined behind it wait in turn, as a
+        consumer may keep several in flight. Each frame is looked at once
+        (`_pulls_ahead` counts the pulls already seen at the backlog's head),
+        and only while a reply is pending: off the hot path.
+        """
+        for frame in itertools.islice(self._backlog, self._pulls_ahead, None):
+            if not _is_pull(frame):
+                return True
+            self._pulls_ahead += 1
+        return False
 
     def _join_run(self, head: bytes, channel: str, data: bytes | list[bytes]) -> None:
         """Add a publish to the run of them being read (see ops.PublishRun).
@@ -349,6 +395,8 @@ class Connection(asyncio.Protocol):
                 return
             turn -= 1
             frame = backlog.popleft()
+            if self._pulls_ahead:
+                self._pulls_ahead -= 1
             if frame is None:
                 error = self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
                 self._end_run()
@@ -471,6 +519,7 @@ class Connection(asyncio.Protocol):
         self._end_run()
         self._backlog.clear()
         self._backlog_bytes = 0
+        self._pulls_ahead = 0
         if reason is not None:
             self._out.append(wire.bye(reason))
         self._flush()
@@ -491,6 +540,7 @@ class Connection(asyncio.Protocol):
         self._run = None
         self._backlog.clear()
         self._backlog_bytes = 0
+        self._pulls_ahead = 0
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
@@ -506,6 +556,16 @@ class Connection(asyncio.Protocol):
         """Drop the connection without flushing (shutdown grace period over)."""
         if self._transport is not None:
             self._transport.abort()
+
+
+def _is_pull(frame: bytes | None) -> bool:
+    if frame is None:  # too large: its error reply must not wait
+        return False
+    try:
+        request = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return False
+    return type(request) is dict and request.get("op") == "pull"
 
 
 _PRE_AUTH = _ALLOWED[State.AWAITING_AUTH] or frozenset()

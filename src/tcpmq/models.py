@@ -33,6 +33,12 @@ class QueueInfo(_Result):
     ack_timeout: float
     depth: int
     inflight: int
+    # Pulls waiting on the queue now (one per connection at most).
+    consumers: int
+    # Seconds since the oldest message held (ready or in flight) was published.
+    oldest_age: float | None
+    # Ready messages that were delivered before (nack, ack timeout, restart).
+    redeliveries: int
 
 
 class ChannelInfo(_Result):
@@ -41,6 +47,8 @@ class ChannelInfo(_Result):
     created_at: float
     published: int
     queue_count: int
+    # Ready messages over all its queues.
+    depth: int
     # Only `channel.get` fills this in.
     queues: list[QueueInfo] | None = None
 
@@ -76,6 +84,15 @@ class AckResult(_Result):
 class NackResult(_Result):
     requeued: int
     unknown: list[int]
+
+
+class PurgeResult(_Result):
+    purged: int
+
+
+class TokensRevoked(_Result):
+    # Tokens of the user issued (`iat`) before this epoch second are refused.
+    tokens_valid_after: int
 
 
 class SubscribeResult(_Result):

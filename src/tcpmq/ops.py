@@ -27,7 +27,7 @@ from .app import App, Caller
 from .auth import DUMMY_HASH
 from .errors import AlreadyExists, AuthFailed, BadRequest, Forbidden, InternalError, TcpmqError
 from .pending import Pending, Result
-from .users import User
+from .users import User, revocation_second
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def op_auth(app: App, caller: Caller, request: wire.AuthRequest) -> Result:
     user = app.users.find(claims.user)
     if user is None or user.uid != claims.uid:
         raise AuthFailed("the token's user no longer exists")
+    if claims.issued_at < user.tokens_valid_after:
+        raise AuthFailed("token revoked")
     app.connections.authenticate(caller, user)
     return {"user": user.name, "role": user.role, "expires_at": claims.expires_at}
 
@@ -98,9 +100,9 @@ def op_login(app: App, caller: Caller, request: wire.LoginRequest) -> Pending:
         if not matches or user is None or app.users.find(user.name) is not user:
             raise AuthFailed("wrong user name or password")
         app.connections.authenticate(caller, user)
-        now = time.time()
-        token = app.signer.mint(user.name, user.role, user.uid, ttl, now=now)
-        return {"user": user.name, "role": user.role, "token": token, "expires_at": int(now) + ttl}
+        issued = user.token_issued_at(time.time())
+        token = app.signer.mint(user.name, user.role, user.uid, ttl, now=issued)
+        return {"user": user.name, "role": user.role, "token": token, "expires_at": issued + ttl}
 
     return _later(app.passwords.check(request.password, stored), checked)
 
@@ -161,6 +163,34 @@ def op_user_delete(app: App, caller: Caller, request: wire.NameRequest) -> Pendi
     return _later(app.users.delete(request.name), deleted)
 
 
+def _account(caller: Caller, name: str | None) -> str:
+    """The user an account op acts on: the caller's own, or for admins any."""
+    if name is None or name == caller.name:
+        return caller.name
+    if not caller.is_admin:
+        raise Forbidden("only admins may change other users")
+    return name
+
+
+def op_user_passwd(app: App, caller: Caller, request: wire.UserPasswdRequest) -> Pending:
+    name = _account(caller, request.name)
+    app.users.get(name)  # not_found now, before any work
+
+    async def change() -> User:
+        password_hash = await app.passwords.hash(request.password)
+        # Its tokens issued so far go with the old password.
+        return await app.users.set_password(name, password_hash, revocation_second(time.time()))
+
+    return _later(change(), lambda user: {"tokens_valid_after": user.tokens_valid_after})
+
+
+def op_user_revoke_tokens(app: App, caller: Caller, request: wire.UserRequest) -> Pending:
+    name = _account(caller, request.name)
+    app.users.get(name)
+    revoked = app.users.revoke_tokens(name, revocation_second(time.time()))
+    return _later(revoked, lambda user: {"tokens_valid_after": user.tokens_valid_after})
+
+
 # -- channels -----------------------------------------------------------------
 
 
@@ -173,7 +203,7 @@ def op_channel_list(app: App, caller: Caller, request: wire.NoFields) -> Result 
 
 
 def op_channel_get(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
-    return app.backend.get_channel(request.name)
+    return app.backend.get_channel(request.name, time.time())
 
 
 def op_channel_delete(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
@@ -203,12 +233,17 @@ def op_subscribe(app: App, caller: Caller, request: wire.SubscribeRequest) -> Re
     )
 
 
-def op_queue_list(app: App, caller: Caller, request: wire.ChannelRequest) -> Result | Pending:
-    return app.backend.list_queues(request.channel)
+def op_queue_list(app: App, caller: Caller, request: wire.QueueListRequest) -> Result | Pending:
+    # Every authenticated user may see every queue, of one channel or of all.
+    return app.backend.list_queues(request.channel, time.time())
 
 
-def op_queue_delete(app: App, caller: Caller, request: wire.QueueDeleteRequest) -> Result | Pending:
+def op_queue_delete(app: App, caller: Caller, request: wire.QueueRequest) -> Result | Pending:
     return app.backend.delete_queue(request.channel, request.queue, caller.name, caller.is_admin)
+
+
+def op_queue_purge(app: App, caller: Caller, request: wire.QueueRequest) -> Result | Pending:
+    return app.backend.purge_queue(request.channel, request.queue, caller.name, caller.is_admin)
 
 
 # -- messages: the hot path ---------------------------------------------------
@@ -361,6 +396,13 @@ def op_pull(app: App, caller: Caller, request: wire.PullRequest) -> Result | Pen
     )
 
 
+def op_peek(app: App, caller: Caller, request: wire.PeekRequest) -> Result | Pending:
+    _check_range("max", request.max, 1, app.limits.max_batch)
+    return app.backend.peek(
+        request.channel, request.queue or caller.name, caller.name, caller.is_admin, request.max
+    )
+
+
 def op_ack(app: App, caller: Caller, request: wire.AckRequest) -> Result | Pending:
     _check_range("ids", len(request.ids), 1, app.limits.max_batch, " ids")
     queue = request.queue or caller.name
@@ -389,6 +431,8 @@ HANDLERS: dict[str, Handler] = {
     "user.list": op_user_list,
     "user.get": op_user_get,
     "user.delete": op_user_delete,
+    "user.passwd": op_user_passwd,
+    "user.revoke_tokens": op_user_revoke_tokens,
     "channel.create": op_channel_create,
     "channel.list": op_channel_list,
     "channel.get": op_channel_get,
@@ -396,8 +440,10 @@ HANDLERS: dict[str, Handler] = {
     "subscribe": op_subscribe,
     "queue.list": op_queue_list,
     "queue.delete": op_queue_delete,
+    "queue.purge": op_queue_purge,
     "publish": op_publish,
     "pull": op_pull,
+    "peek": op_peek,
     "ack": op_ack,
     "nack": op_nack,
 }

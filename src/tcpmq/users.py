@@ -14,14 +14,20 @@ directory answers over the network). Two directories exist:
   random secret at every start, nothing on disk.
 
 Each user has a random `uid`: tokens carry it, so a token dies with its user
-even if a user of the same name is created later.
+even if a user of the same name is created later. `tokens_valid_after` is the
+user's not-before time for tokens: `auth` refuses a token issued (`iat`)
+earlier. Revoking the tokens (or changing the password) sets it to the next
+whole second, since `iat` is whole seconds: a token issued before the revoke,
+in the same second, has a lower `iat`; one issued after it gets that second
+as its `iat` (see `User.token_issued_at`), at most a second ahead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +37,9 @@ from .auth import load_or_create_secret, write_private_file
 from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound
 
 USERS_FILE = "users.json"
-FORMAT_VERSION = 1
+# Version 2 added `tokens_valid_after`; a version 1 file reads as never revoked.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 _SECRET_BYTES = 32
 
 
@@ -42,9 +50,25 @@ class User:
     uid: str
     password_hash: str
     created_at: float
+    # Tokens issued (`iat`) before this epoch second are refused; 0: none is.
+    tokens_valid_after: int = 0
 
     def info(self) -> dict[str, object]:
         return {"name": self.name, "role": self.role, "created_at": self.created_at}
+
+    def token_issued_at(self, now: float) -> int:
+        """The `iat` of a token minted for this user at `now`: never before the revocation."""
+        return max(int(now), self.tokens_valid_after)
+
+
+def revocation_second(now: float) -> int:
+    """`tokens_valid_after` for a revocation at `now`: the next whole second.
+
+    Every token issued up to `now` has an `iat` of at most `int(now)`, so all
+    of them are refused; tokens issued from then on get this second as their
+    `iat` (`User.token_issued_at`).
+    """
+    return math.floor(now) + 1
 
 
 class UserDirectory(Protocol):
@@ -79,6 +103,22 @@ class UserDirectory(Protocol):
         Raises:
             NotFound: no such user.
             Forbidden: it is the last admin.
+        """
+
+    async def set_password(self, name: str, password_hash: str, tokens_valid_after: int) -> User:
+        """Replace a user's password hash and revoke its tokens issued before
+        `tokens_valid_after` (never moved back); returns the user once stored.
+
+        Raises:
+            NotFound: no such user.
+        """
+
+    async def revoke_tokens(self, name: str, tokens_valid_after: int) -> User:
+        """Refuse the user's tokens issued before `tokens_valid_after` (never
+        moved back); returns the user once stored.
+
+        Raises:
+            NotFound: no such user.
         """
 
 
@@ -131,6 +171,27 @@ class _Users:
             self.users = after
             return user
 
+    async def set_password(self, name: str, password_hash: str, tokens_valid_after: int) -> User:
+        async with self._turn:
+            user = self.get(name)
+            after = max(user.tokens_valid_after, tokens_valid_after)
+            return await self._replace(
+                replace(user, password_hash=password_hash, tokens_valid_after=after)
+            )
+
+    async def revoke_tokens(self, name: str, tokens_valid_after: int) -> User:
+        async with self._turn:
+            user = self.get(name)
+            after = max(user.tokens_valid_after, tokens_valid_after)
+            return await self._replace(replace(user, tokens_valid_after=after))
+
+    async def _replace(self, user: User) -> User:
+        # With the turn held. Stored before it takes effect, as in create.
+        after = {**self.users, user.name: user}
+        await self._store(after)
+        self.users = after
+        return user
+
     async def _store(self, users: dict[str, User]) -> None:
         """Make `users` the stored state (nothing to do in memory)."""
 
@@ -161,7 +222,7 @@ class FileUserDirectory(_Users):
 
 def load_users(path: Path) -> dict[str, User]:
     document = orjson.loads(path.read_bytes())
-    if document.get("version") != FORMAT_VERSION:
+    if document.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path}: unsupported format version {document.get('version')!r}")
     return {entry["name"]: User(**entry) for entry in document["users"]}
 

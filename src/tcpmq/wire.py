@@ -99,13 +99,29 @@ class SubscribeRequest(Request):
     ack_timeout: float | None = None
 
 
-class ChannelRequest(Request):
-    channel: Name
+class QueueListRequest(Request):
+    # Without a channel: every queue of every channel.
+    channel: Name | None = None
 
 
-class QueueDeleteRequest(Request):
+class QueueRequest(Request):
     channel: Name
     queue: Name
+
+
+class PeekRequest(Request):
+    channel: Name
+    queue: Name | None = None
+    max: PositiveInt = 1
+
+
+class UserPasswdRequest(Request):
+    name: Name | None = None
+    password: Password
+
+
+class UserRequest(Request):
+    name: Name | None = None
 
 
 class PublishRequest(Request):
@@ -160,6 +176,10 @@ OPS: dict[str, OpSpec] = {
     "user.list": OpSpec(NoFields, "", "list users"),
     "user.get": OpSpec(NameRequest, "name", "show a user"),
     "user.delete": OpSpec(NameRequest, "name", "delete a user, its queues and sessions"),
+    "user.passwd": OpSpec(
+        UserPasswdRequest, "name?, password", "change a password (and revoke the tokens)"
+    ),
+    "user.revoke_tokens": OpSpec(UserRequest, "name?", "refuse every token issued so far"),
     "channel.create": OpSpec(NameRequest, "name", "create a channel"),
     "channel.list": OpSpec(NoFields, "", "list channels"),
     "channel.get": OpSpec(NameRequest, "name", "show a channel with its queues"),
@@ -167,12 +187,16 @@ OPS: dict[str, OpSpec] = {
     "subscribe": OpSpec(
         SubscribeRequest, "channel, queue?, ack_timeout?", "add a queue to a channel"
     ),
-    "queue.list": OpSpec(ChannelRequest, "channel", "list the queues of a channel"),
-    "queue.delete": OpSpec(QueueDeleteRequest, "channel, queue", "delete a queue (unsubscribe)"),
+    "queue.list": OpSpec(
+        QueueListRequest, "channel?", "list the queues of a channel, or of every channel"
+    ),
+    "queue.delete": OpSpec(QueueRequest, "channel, queue", "delete a queue (unsubscribe)"),
+    "queue.purge": OpSpec(QueueRequest, "channel, queue", "drop every ready message of a queue"),
     "publish": OpSpec(
         PublishRequest, "channel, data | messages", "put messages into every queue of a channel"
     ),
     "pull": OpSpec(PullRequest, "channel, queue?, max?, wait?", "take messages from a queue"),
+    "peek": OpSpec(PeekRequest, "channel, queue?, max?", "show ready messages without taking them"),
     "ack": OpSpec(AckRequest, "channel, queue?, ids", "acknowledge delivered messages"),
     "nack": OpSpec(AckRequest, "channel, queue?, ids", "return delivered messages to the queue"),
 }
@@ -194,7 +218,7 @@ def parse_frame(frame: bytes) -> dict[str, Any]:
         # "failed to allocate memory" on unclosed brackets.)
         if frame.count(b"{") + frame.count(b"[") > MAX_DEPTH and _line_depth(frame) > MAX_DEPTH:
             raise _too_deep(None) from None
-        raise BadJson(f"invalid JSON: {exc}") from None
+        raise BadJson(_not_json(frame, exc)) from None
     if len(frame) >= _MIN_TOO_DEEP_BYTES and _may_be_too_deep(value, frame):
         _check_depth(value)
     if not isinstance(value, dict):
@@ -205,6 +229,28 @@ def parse_frame(frame: bytes) -> dict[str, Any]:
 # A publish's message data is checked as it is encoded (see `encode_data`),
 # where the encoded length of each message rules out nearly all of the walk.
 _CHECKED_AT_ENCODING = frozenset({"data", "messages"})
+
+
+# A line of words, as a person types at nc or telnet: `help`, `PING`, `channel.list`.
+_WORDS = re.compile(rb"[A-Za-z][A-Za-z0-9_.]*(?:[ \t]+\S+)*")
+
+
+def _not_json(frame: bytes, exc: Exception) -> str:
+    """The bad_json message: for a typed word, how to say it in JSON.
+
+    The line itself is never repeated: it may hold a password.
+    """
+    words = frame.strip()
+    if _WORDS.fullmatch(words) is None:
+        return f"invalid JSON: {exc}"
+    word = words.split()[0].decode().lower()
+    if word not in OPS or word == "help":
+        return 'not JSON: send one JSON object per line, such as {"op":"help"}'
+    fields = f", with {OPS[word].fields}" if OPS[word].fields else ""
+    return (
+        f'not JSON: send one JSON object per line, such as {{"op":"{word}"}}{fields}'
+        ' ({"op":"help"} lists the ops)'
+    )
 
 
 def _may_be_too_deep(value: object, frame: bytes) -> bool:
@@ -530,6 +576,19 @@ def encode_timestamp(seconds: float) -> bytes:
 def head_id(head: bytes) -> int:
     """The id of a message head made by `encode_message_head`: `{"id":<id>,...`."""
     return int(head[6 : head.index(b",", 6)])
+
+
+_PUBLISHED_AT = b',"published_at":'
+
+
+def head_published_at(head: bytes) -> float:
+    """The publish time in a message head made by `encode_message_head`.
+
+    Searched from the end: the data before it may contain the same bytes,
+    but nothing after it can (a publisher's name needs no escaping).
+    """
+    start = head.rindex(_PUBLISHED_AT) + len(_PUBLISHED_AT)
+    return float(head[start : head.index(b",", start)])
 
 
 def pull_fields(heads: list[bytes], attempts: list[int]) -> bytes:

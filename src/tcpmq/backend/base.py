@@ -60,8 +60,8 @@ class Backend(Protocol):
     def list_channels(self) -> Result | Pending:
         """Result: `channels`, sorted by name."""
 
-    def get_channel(self, name: str) -> Result | Pending:
-        """Result: `channel` with its `queues`. Raises: NotFound."""
+    def get_channel(self, name: str, now: float) -> Result | Pending:
+        """Result: `channel` with its `queues` (`now`: epoch seconds). Raises: NotFound."""
 
     # -- queues ---------------------------------------------------------------
 
@@ -76,11 +76,17 @@ class Backend(Protocol):
     ) -> Result | Pending:
         """Result: `queue`, `created`. Raises: NotFound, Forbidden, LimitExceeded."""
 
-    def list_queues(self, channel: str) -> Result | Pending:
-        """Result: `queues`, sorted by name. Raises: NotFound."""
+    def list_queues(self, channel: str | None, now: float) -> Result | Pending:
+        """Result: `queues` of `channel` sorted by name, or with None of every
+        channel sorted by channel and name. `now` (epoch seconds) dates their
+        `oldest_age`. Raises: NotFound.
+        """
 
     def delete_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result | Pending:
         """Raises: NotFound, Forbidden."""
+
+    def purge_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result | Pending:
+        """Drop the queue's ready messages. Result: `purged`. Raises: NotFound, Forbidden."""
 
     def delete_user(self, name: str, heir: str) -> None:
         """Drop the user's queues and hand its channels to `heir`."""
@@ -107,6 +113,11 @@ class Backend(Protocol):
 
         Raises: NotFound, Forbidden.
         """
+
+    def peek(
+        self, channel: str, queue: str, user: str, admin: bool, max_messages: int
+    ) -> Result | Pending:
+        """Result: `messages`, ready ones left as they are. Raises: NotFound, Forbidden."""
 
     def ack(
         self, channel: str, queue: str, user: str, admin: bool, ids: list[int]

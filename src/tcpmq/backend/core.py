@@ -112,10 +112,10 @@ class CoreBackend:
         channels = self.broker.channels
         return {"channels": [channels[name].info() for name in sorted(channels)]}
 
-    def get_channel(self, name: str) -> Result:
+    def get_channel(self, name: str, now: float) -> Result:
         channel = self.broker.channel(name)
         info = channel.info()
-        info["queues"] = [channel.queues[q].info() for q in sorted(channel.queues)]
+        info["queues"] = [channel.queues[q].info(now) for q in sorted(channel.queues)]
         return {"channel": info}
 
     # -- queues ---------------------------------------------------------------
@@ -132,18 +132,35 @@ class CoreBackend:
         found, created = self.broker.subscribe(
             channel, queue, user, ack_timeout, created_at, admin=admin
         )
-        return {"queue": found.info(), "created": created}
+        return {"queue": found.info(created_at), "created": created}
 
-    def list_queues(self, channel: str) -> Result:
-        queues = self.broker.channel(channel).queues
-        return {"queues": [queues[name].info() for name in sorted(queues)]}
+    def list_queues(self, channel: str | None, now: float) -> Result:
+        if channel is not None:
+            queues = self.broker.channel(channel).queues
+            return {"queues": [queues[name].info(now) for name in sorted(queues)]}
+        channels = self.broker.channels
+        return {
+            "queues": [
+                queues[name].info(now)
+                for queues in (channels[c].queues for c in sorted(channels))
+                for name in sorted(queues)
+            ]
+        }
 
-    def delete_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result:
+    def _managed_queue(self, channel: str, queue: str, user: str, admin: bool, what: str) -> Queue:
         found = self.broker.queue(channel, queue)
         if not (admin or found.owner == user or self.broker.channels[channel].owner == user):
-            raise Forbidden("only the queue's owner, the channel's owner or an admin may delete it")
+            raise Forbidden(f"only the queue's owner, the channel's owner or an admin may {what}")
+        return found
+
+    def delete_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result:
+        self._managed_queue(channel, queue, user, admin, "delete it")
         self.broker.delete_queue(channel, queue)
         return None
+
+    def purge_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result:
+        found = self._managed_queue(channel, queue, user, admin, "purge it")
+        return {"purged": self.broker.purge(found)}
 
     def delete_user(self, name: str, heir: str) -> None:
         self.broker.delete_user(name, heir)
@@ -175,6 +192,11 @@ class CoreBackend:
         waiter = PullWaiter(broker, found, max_messages)
         waiter.start(self._loop, wait)
         return waiter
+
+    def peek(self, channel: str, queue: str, user: str, admin: bool, max_messages: int) -> Result:
+        found = self._owned_queue(channel, queue, user, admin)
+        ready = self.broker.peek(found, max_messages)
+        return wire.pull_fields([head for head, _ in ready], [attempt for _, attempt in ready])
 
     def ack(self, channel: str, queue: str, user: str, admin: bool, ids: list[int]) -> Result:
         found = self._owned_queue(channel, queue, user, admin)

@@ -22,10 +22,12 @@ from ..models import (
     NackResult,
     OpHelp,
     PublishResult,
+    PurgeResult,
     QueueInfo,
     Role,
     ServerInfo,
     SubscribeResult,
+    TokensRevoked,
     UserInfo,
 )
 from .connection import parse, parse_list
@@ -220,6 +222,35 @@ class Client:
         """
         await self._link.call("user.delete", {"name": name})
 
+    async def user_passwd(self, password: str, name: str | None = None) -> TokensRevoked:
+        """Change a password: your own, or as an admin any user's.
+
+        The user's tokens issued so far are revoked (`auth` refuses them);
+        connections already authenticated stay so.
+
+        Raises:
+            Forbidden: another user's, and not an admin.
+            NotFound: no such user.
+            BadRequest: the password is shorter than 8 or longer than 1024 characters.
+        """
+        fields: dict[str, Any] = {"password": password}
+        if name is not None:
+            fields["name"] = name
+        return parse(TokensRevoked, await self._link.call("user.passwd", fields), "user.passwd")
+
+    async def user_revoke_tokens(self, name: str | None = None) -> TokensRevoked:
+        """Make `auth` refuse every token issued so far: your own, or as an admin any user's.
+
+        Connections already authenticated stay so; `login` gives new tokens.
+
+        Raises:
+            Forbidden: another user's, and not an admin.
+            NotFound: no such user.
+        """
+        fields = {} if name is None else {"name": name}
+        reply = await self._link.call("user.revoke_tokens", fields)
+        return parse(TokensRevoked, reply, "user.revoke_tokens")
+
     async def channel_create(self, name: str) -> ChannelInfo:
         """Create a channel owned by this connection's user.
 
@@ -272,14 +303,26 @@ class Client:
             fields["ack_timeout"] = ack_timeout
         return parse(SubscribeResult, await self._link.call("subscribe", fields), "subscribe")
 
-    async def queue_list(self, channel: str) -> list[QueueInfo]:
-        """The queues of a channel sorted by name.
+    async def queue_list(self, channel: str | None = None) -> list[QueueInfo]:
+        """The queues of a channel sorted by name; without one, of every channel
+        sorted by channel and name, in one request.
 
         Raises:
             NotFound: no such channel.
         """
-        reply = await self._link.call("queue.list", {"channel": channel})
+        fields = {} if channel is None else {"channel": channel}
+        reply = await self._link.call("queue.list", fields)
         return parse_list(QueueInfo, reply.get("queues"), "queue.list")
+
+    async def queue_purge(self, channel: str, queue: str) -> int:
+        """Drop every ready message of a queue (in-flight ones stay); returns how many.
+
+        Raises:
+            NotFound: no such channel or queue.
+            Forbidden: not the queue's or channel's owner, nor an admin.
+        """
+        reply = await self._link.call("queue.purge", {"channel": channel, "queue": queue})
+        return parse(PurgeResult, reply, "queue.purge").purged
 
     async def queue_delete(self, channel: str, queue: str) -> None:
         """Remove a queue and its messages (unsubscribe).
@@ -323,10 +366,11 @@ class Client:
     ) -> list[Message]:
         """Take up to `max` ready messages; with `wait` > 0, long-poll for the first.
 
-        The reply's deadline is `timeout + wait`. While it waits, replies to
-        later calls on this connection are held back by the server: long-poll
-        on a connection of its own if the program must not stall. For a loop
-        that pulls, acks and survives reconnects, see `consume()`.
+        The reply's deadline is `timeout + wait`. Another call on this client
+        (anything but a pull) ends the wait: the server answers the pull at
+        once with what is ready, possibly nothing, so a long-poll never stalls
+        the program's other calls. For a loop that pulls, acks and survives
+        reconnects, see `consume()`.
 
         Raises:
             NotFound: no such channel or queue (also when deleted while waiting).
@@ -339,6 +383,23 @@ class Client:
         fields["wait"] = wait
         reply = await self._link.call("pull", fields, extra_time=wait)
         return parse_list(Message, reply.get("messages"), "pull")
+
+    async def peek(self, channel: str, queue: str | None = None, max: int = 1) -> list[Message]:
+        """Up to `max` ready messages, in delivery order, without taking them.
+
+        Nothing changes: no delivery, no attempt counted. Each `attempt` is
+        the one its next delivery will have.
+
+        Raises:
+            NotFound: no such channel or queue.
+            Forbidden: neither the queue's owner nor an admin.
+        """
+        fields: dict[str, Any] = {"channel": channel}
+        if queue is not None:
+            fields["queue"] = queue
+        fields["max"] = max
+        reply = await self._link.call("peek", fields)
+        return parse_list(Message, reply.get("messages"), "peek")
 
     async def ack(self, channel: str, ids: Iterable[int], queue: str | None = None) -> AckResult:
         """Acknowledge in-flight messages; ids not in flight come back in `unknown`.
@@ -407,11 +468,11 @@ class Client:
         on a lost connection but never received come back after the queue's
         `ack_timeout`.
 
-        The long-poll holds back the replies of other calls on this client
-        (the server answers in order): give a consumer a client of its own if
-        the program must not stall. Keep `batch` times the time a message
-        takes well under the queue's `ack_timeout`, or messages done early in
-        a batch are delivered again before their ack goes out.
+        Other calls on this client end its long-poll early (see `pull`); the
+        loop then pulls again, so they never wait for it, and a consumer with
+        a client of its own saves those extra pulls. Keep `batch` times the
+        time a message takes well under the queue's `ack_timeout`, or messages
+        done early in a batch are delivered again before their ack goes out.
 
         Raises (from the loop):
             NotFound: no such channel or queue.

@@ -128,6 +128,10 @@ class Delivery:
         return f"<Delivery id={self.id} attempt={self.attempt} {self._state.value}>"
 
 
+# The server's timer and ours read different clocks at different moments.
+_CLOCK_SLACK = 0.01
+
+
 class Consumer:
     """What `Client.consume()` returns: iterate over it, optionally inside `async with`.
 
@@ -255,7 +259,8 @@ class Consumer:
                     return False
                 raise
             done = self._done
-            deadline = loop.time() + link.timeout + self._wait
+            sent_at = loop.time()
+            deadline = sent_at + link.timeout + self._wait
             ack = None
             try:
                 if done:
@@ -303,7 +308,10 @@ class Consumer:
             if messages:
                 self._ready.extend(Delivery(self, message) for message in messages)
                 return True
-            if self._stop_when_empty:
+            # Empty: the queue stayed empty for the whole wait, unless another
+            # call on this connection ended the wait early (the server answers
+            # a waiting pull when any other request follows it): then pull again.
+            if self._stop_when_empty and loop.time() - sent_at + _CLOCK_SLACK >= self._wait:
                 return False
 
     def _acked(self, reply: Reply, count: int) -> None:
