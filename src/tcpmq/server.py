@@ -3,7 +3,9 @@
 The server builds the `App` that every connection shares (backend, user
 directory, signer, password pool, connection registry, limits; see app.py),
 the one deadline timer, and the listener that makes a `Connection` per
-client. It creates the first admin on a new store.
+client. It creates the first admin on a new store. With the log store it
+holds the data dir's lock (datadir.py) from start to stop, so a second broker
+on the same directory is refused instead of losing the first one's data.
 
 Backends (`ServerConfig.store`): `log` recovers the broker's state from the
 data dir's journal and journals every change; `memory` keeps everything,
@@ -26,10 +28,11 @@ import sys
 import time
 
 from .app import App
-from .auth import TokenSigner, hash_password
+from .auth import TokenSigner, hash_password, verify_password
 from .backend import Backend, LogBackend, open_log_backend, open_memory_backend
 from .config import ServerConfig
 from .connection import Connection
+from .datadir import DataDirLock
 from .deadlines import DeadlineTimer
 from .errors import InternalError, ShuttingDown
 from .passwords import PasswordPool
@@ -51,9 +54,19 @@ def open_user_directory(config: ServerConfig) -> UserDirectory:
 
 
 class Server:
-    def __init__(self, config: ServerConfig, *, admin_password: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        admin_password: str | None = None,
+        admin_password_hash: str | None = None,
+    ) -> None:
+        """`admin_password` (else $TCPMQ_ADMIN_PASSWORD, else a generated one
+        printed once) or its hash (`auth.hash_password`, for provisioning
+        without the password in clear) is the first admin's on a new store."""
         self.config = config
         self._admin_password = admin_password
+        self._admin_password_hash = admin_password_hash
         self.connections = Connections(config.limits)
         self._passwords = PasswordPool(config.limits.max_concurrent_logins)
         self._server: asyncio.Server | None = None
@@ -64,6 +77,7 @@ class Server:
         #: Set when the store failed to write; the server stops.
         self.failure: BaseException | None = None
         self._stopping: asyncio.Event | None = None
+        self._lock = DataDirLock(config.data_dir)
 
     @property
     def backend(self) -> Backend:
@@ -79,12 +93,44 @@ class Server:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store and the user directory, create the first admin if needed, listen."""
+        """Lock the data dir, open the store and the user directory, create the first admin
+        if needed, listen.
+
+        Raises:
+            DataDirInUse: another process holds the data dir (log store only).
+        """
+        if self.config.store != "memory":
+            # Before anything in the data dir is read or created: a second broker changes nothing.
+            self._lock.acquire()
+        try:
+            await self._open_and_listen()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def _open_and_listen(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
         users = open_user_directory(config)
         if users.empty:
             await self._create_first_admin(users)
+        elif password := os.environ.get(ADMIN_PASSWORD_ENV):
+            # The variable only sets the first admin's password; say so rather than ignore it.
+            admin = users.find(ADMIN_USER)
+            if admin is None:
+                log.warning(
+                    "%s is ignored: user %r no longer exists; the variable only creates "
+                    "the first admin of a new data dir",
+                    ADMIN_PASSWORD_ENV,
+                    ADMIN_USER,
+                )
+            elif not verify_password(password, admin.password_hash):
+                log.warning(
+                    "%s differs from the stored password of user %r, which stays in force; "
+                    "the variable only sets the first admin's password of a new data dir",
+                    ADMIN_PASSWORD_ENV,
+                    ADMIN_USER,
+                )
         started = time.perf_counter()
         backend: Backend
         if config.store == "memory":
@@ -120,6 +166,10 @@ class Server:
         log.info("tcpmq listening on %s:%d", self.host, self.port)
 
     async def _create_first_admin(self, users: UserDirectory) -> None:
+        if self._admin_password_hash is not None:
+            await users.create(ADMIN_USER, "admin", self._admin_password_hash, time.time())
+            log.info("created user %r with the given password hash", ADMIN_USER)
+            return
         password = self._admin_password or os.environ.get(ADMIN_PASSWORD_ENV)
         generated = not password
         if not password:
@@ -158,6 +208,8 @@ class Server:
         if self._deadlines is not None:
             self._deadlines.cancel()
         self._passwords.close()
+        # Last: the store is closed and durable, another broker may take over.
+        self._lock.release()
 
     async def serve_until_signalled(self) -> None:
         """Run until SIGTERM or SIGINT, then stop cleanly."""
@@ -196,4 +248,5 @@ class Server:
         """A token for an existing user, as `login` would give (used by tests and the CLI)."""
         record = self.app.users.get(user)
         lifetime = self.config.limits.default_token_ttl if ttl is None else ttl
-        return self.app.signer.mint(record.name, record.role, record.uid, lifetime)
+        issued = record.token_issued_at(time.time())  # never before a revocation
+        return self.app.signer.mint(record.name, record.role, record.uid, lifetime, now=issued)

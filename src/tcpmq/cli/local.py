@@ -2,7 +2,9 @@
 
 `serve` runs the broker, `token` mints a token offline, `check` and `repair`
 inspect and salvage the durable store. All work on the data directory
-directly; their failures print `tcpmq: <reason>` and exit 1.
+directly; their failures print `tcpmq: <reason>` and exit 1. `serve` and
+`repair` hold the data dir's lock (datadir.py) while they write; `check`
+only looks whether someone holds it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,7 +124,7 @@ def add_check(commands: argparse._SubParsersAction[Any]) -> None:
         help="report damage in the store; change nothing",
         description="Read every store file as a start would and report each damaged region "
         "with its file and offset. Exit 0 when the broker would start, 1 when it would refuse. "
-        "Run it with the broker stopped.",
+        "With a broker running it checks the store as it is on disk at that moment, and says so.",
         epilog="example: tcpmq check --data-dir /var/lib/tcpmq",
     )
     _add_data_dir(check)
@@ -134,7 +137,7 @@ def add_repair(commands: argparse._SubParsersAction[Any]) -> None:
         help="salvage every intact record of a damaged store",
         description="Rewrite each damaged store file with its intact records; the originals "
         "are moved to store/damaged/. Messages in a damaged region are lost. "
-        "Run it with the broker stopped.",
+        "Refused while a broker runs on the data dir; no broker can start during a repair.",
         epilog="example: tcpmq repair --data-dir /var/lib/tcpmq && tcpmq check --data-dir ...",
     )
     _add_data_dir(repair)
@@ -202,16 +205,30 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or default_data_dir())
+
+
 def _store_dir(args: argparse.Namespace) -> Path:
     from ..storage.store import STORE_DIR
 
-    return Path(args.data_dir or default_data_dir()) / STORE_DIR
+    return _data_dir(args) / STORE_DIR
 
 
 def _check(args: argparse.Namespace) -> int:
+    from ..datadir import holder_pid, is_locked
     from ..storage.check import check
 
+    data_dir = _data_dir(args)
     directory = _store_dir(args)
+    if is_locked(data_dir):
+        # Said first: a live store's tail may be mid-write, which a stopped one's never is.
+        pid = holder_pid(data_dir)
+        print(
+            f"note: a broker (PID {pid if pid is not None else 'unknown'}) is running on "
+            f"{data_dir}: this checks the store as it is on disk now; "
+            "its last records may still be being written"
+        )
     report = check(directory)
     for file in report.files:
         print(f"{file.path.name}  {file.size} bytes  {file.records} records")
@@ -224,7 +241,6 @@ def _check(args: argparse.Namespace) -> int:
     if report.ok:
         print(f"{directory}: ok")
         return EXIT_OK
-    data_dir = args.data_dir or default_data_dir()
     print(
         f"tcpmq: {len(report.problems)} problem(s) in {directory}; "
         f"'tcpmq repair --data-dir {data_dir}' keeps every intact record",
@@ -234,11 +250,24 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    from ..storage.check import DAMAGED_DIR, check, repair
+    from ..datadir import DataDirLock
 
     directory = _store_dir(args)
     if not directory.is_dir():
         raise ValueError(f"{directory}: no store here")
+    # Rewriting files under a running broker would lose what it writes; and
+    # no broker may start on a half-repaired store.
+    lock = DataDirLock(_data_dir(args))
+    lock.acquire()
+    try:
+        return _repair_store(directory)
+    finally:
+        lock.release()
+
+
+def _repair_store(directory: Path) -> int:
+    from ..storage.check import DAMAGED_DIR, check, repair
+
     result = repair(directory)
     if not result.repaired and not result.renumbered:
         print(f"{directory}: nothing to repair")
@@ -265,5 +294,6 @@ def _token(args: argparse.Namespace) -> int:
     ttl = config.limits.default_token_ttl if args.ttl is None else args.ttl
     if not 1 <= ttl <= config.limits.max_token_ttl:
         raise ValueError(f"--ttl must be between 1 and {config.limits.max_token_ttl}")
-    print(signer.mint(user.name, user.role, user.uid, ttl))
+    issued = user.token_issued_at(time.time())  # never before a revocation
+    print(signer.mint(user.name, user.role, user.uid, ttl, now=issued))
     return EXIT_OK
