@@ -36,8 +36,9 @@ def leaf_commands(
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             found = []
-            for name, sub in action.choices.items():
-                found += leaf_commands(sub, (*path, name))
+            # One entry per command, not one per alias (`channel ls`).
+            for choice in action._choices_actions:
+                found += leaf_commands(action.choices[choice.dest], (*path, choice.dest))
             return found
     return [path]
 
@@ -50,6 +51,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),
         *("sub", "queue list", "queue rm", "pub", "pull", "ack", "nack"),
+        *("queue purge", "peek", "passwd", "revoke-tokens"),
     }
     for command in commands:
         assert main([*command, "--help"]) == 0
@@ -281,10 +283,15 @@ async def test_pub_pull_ack_nack(tmp_path: Path) -> None:
 
         result = await cli.ok("pub", "orders", '{"order": 1}')
         assert result.out == "published message 1 to 'orders' (1 queue)\n"
-        await cli.ok("pub", "orders", "hello world")
+        await cli.ok("pub", "orders", "--raw", "hello world")
         await cli.ok("pub", "orders", "--raw", "42")
         result = await cli.ok("pub", "orders", "null", "--json")
-        assert orjson.loads(result.out) == {"message_ids": [4], "queues": 1}
+        assert orjson.loads(result.out) == {
+            "published": 1,
+            "first_id": 4,
+            "last_id": 4,
+            "unqueued": 0,
+        }
 
         result = await cli.ok("pull", "orders", "--queue", "billing", "--max", "3")
         assert result.lines == ['1  {"order":1}', '2  "hello world"', '3  "42"']
@@ -314,7 +321,7 @@ async def test_pub_pull_ack_nack(tmp_path: Path) -> None:
 
 async def test_pub_streams_stdin_in_order(tmp_path: Path) -> None:
     count = 20_000
-    lines = [f'{{"n": {n}}}' if n % 3 else f"plain text {n}" for n in range(count)]
+    lines = [f'{{"n": {n}}}' if n % 3 else f'"plain text {n}"' for n in range(count)]
     # A blank line is skipped; a last line without a newline still counts.
     payload = ("\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:])).encode()
     async with cli_env(tmp_path) as cli:
@@ -322,7 +329,12 @@ async def test_pub_streams_stdin_in_order(tmp_path: Path) -> None:
         await client.channel_create("audit")
         await client.subscribe("audit", "all")
         result = await cli.ok("pub", "audit", "--json", stdin=payload)
-        assert orjson.loads(result.out) == {"published": count, "first_id": 1, "last_id": count}
+        assert orjson.loads(result.out) == {
+            "published": count,
+            "first_id": 1,
+            "last_id": count,
+            "unqueued": 0,
+        }
 
         received = []
         while len(received) < count:
@@ -414,7 +426,7 @@ async def test_ctrl_c_ends_a_command_without_a_traceback(tmp_path: Path) -> None
         finally:
             os.close(read_end)
         try:
-            os.write(write_end, b"first line\n")
+            os.write(write_end, b'"first line"\n')
             # The message arriving shows the command is up and waiting for more input.
             [message] = await client.pull("logs", "tail", wait=30)
             assert message.data == "first line"

@@ -10,6 +10,8 @@ those lines are typed rather than printed:
 - after a password prompt (`Password for USER at URL:`, `Password for the
   new user USER:`, `Again:`) the test types that user's password;
 - a `^C` line means Ctrl-C, typed once the line before it has appeared;
+- a question ending in `[y/N] ` is answered with what follows it on the
+  line (the terminal echoes it, so the screen shows the line as written);
 - after `$ tcpmq shell`, a line starting with the shell's prompt is typed
   at that prompt.
 
@@ -42,6 +44,7 @@ FENCE = re.compile(r"^```console\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 PASSWORD_PROMPT = re.compile(
     r"^(?:Password for (?P<user>\S+) at \S+:|Password for the new user (?P<new>\S+):|Again:) ?$"
 )
+CONFIRM = re.compile(r"^(?P<question>.*\? \[y/N\] )(?P<answer>.*)$")
 SHELL_PROMPT = re.compile(r"^(?P<prompt>(?:\S+@)?127\.0\.0\.1:7878> )(?P<line>.*)$")
 VOLATILE = [
     (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"), "<time>"),
@@ -139,6 +142,9 @@ class Reader:
                 elif (match := SHELL_PROMPT.match(line)) and step.command == "tcpmq shell":
                     await terminal.expect(re.escape(self.local(match.group("prompt"))))
                     terminal.type(match.group("line") + "\r")
+                elif match := CONFIRM.match(line):
+                    await terminal.expect(re.escape(self.local(match.group("question"))))
+                    terminal.type(match.group("answer") + "\r")
                 elif line == "^C":
                     await terminal.expect(pattern_for(self.local(previous)))
                     terminal.type("\x03")

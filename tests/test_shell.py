@@ -168,3 +168,33 @@ async def test_shell_reads_commands_from_a_pipe(tmp_path: Path) -> None:
         # Like sh, the shell exits with the status of its last command.
         result = await cli.run("shell", env=cli.as_admin(), stdin=b"channel get nope\n")
         assert result.code == 5
+
+
+async def test_shell_quotes_like_sh_and_asks_before_deleting(tmp_path: Path) -> None:
+    async with cli_env(tmp_path) as cli:
+        client = await cli.client()
+        await client.channel_create("orders")
+        await client.subscribe("orders", "billing")
+        prompt = re.escape(f"{cli.url.removeprefix('tcpmq://')}> ")
+        terminal = await Terminal.spawn(cli, "shell", env=cli.as_admin())
+        try:
+            await terminal.expect(prompt)
+            # Unquoted, the braces' quotes go as they would in sh: an error, not a string.
+            terminal.type('pub orders {"a":1}' + ENTER)
+            await terminal.expect(r"tcpmq: DATA '\{a:1\}' is not valid JSON: .* quote JSON")
+            await terminal.expect(prompt)
+            terminal.type("pub orders '{\"a\": 1}'" + ENTER)
+            await terminal.expect("published message 1 to 'orders' \\(1 queue\\)")
+            await terminal.expect(prompt)
+            terminal.type("channel rm orders" + ENTER)
+            await terminal.expect(r"and the 1 message in them\? \[y/N\] ")
+            terminal.type("n" + ENTER)
+            await terminal.expect("tcpmq: 'orders' not deleted")
+            await terminal.expect(prompt)
+            terminal.type("exit" + ENTER)
+            assert await terminal.wait() == 1  # the last command's status, as in sh
+        finally:
+            await terminal.close()
+        [message] = await client.pull("orders", "billing")
+        assert message.data == {"a": 1}
+        await client.close()

@@ -10,11 +10,11 @@ One module per job:
 | `exits.py` | the exit codes and the one-line error messages |
 | `session.py` | server URL, where credentials come from, the connection |
 | `credentials.py` | stored logins in the config directory (0600, written atomically) |
-| `prompts.py` | asking for passwords |
+| `prompts.py` | asking for passwords, and yes or no before a deletion |
 | `output.py` | tables for people, JSON for scripts |
 | `account.py` | `login`, `logout`, `whoami`, `ping` |
 | `manage.py` | users, channels, queues, subscriptions, the server's op list |
-| `publish.py` | `pub`, from an argument or streamed from stdin |
+| `publish.py` | `pub`: valid JSON only, from an argument, a file, or lines streamed |
 | `pull.py` | `pull`, `pull --follow`, `ack`, `nack` |
 | `shell.py` | `tcpmq shell`: cmd + readline over one connection |
 | `local.py` | `serve` and `token`, which need no running server |

@@ -15,13 +15,14 @@ a mistake.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import textwrap
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .. import __version__
-from . import account, local, manage, publish, pull
+from . import account, local, manage, operate, publish, pull
 from .exits import UsageError
 
 #: A command that needs no server: parsed arguments in, exit code out.
@@ -56,6 +57,18 @@ class ArgumentParser(argparse.ArgumentParser):
             self._intermixing = False
 
     _intermixing = False
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # A mistyped command or choice: offer the closest one, as git does.
+        if action.choices is not None and value not in action.choices:
+            names = [str(choice) for choice in action.choices]
+            close = difflib.get_close_matches(str(value), names, n=1)
+            if close:
+                name = argparse._get_action_name(action)
+                self.error(
+                    f"argument {name}: invalid choice: {value!r}; did you mean {close[0]!r}?"
+                )
+        super()._check_value(action, value)
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("tcpmq").strip()
@@ -102,9 +115,11 @@ class Table:
         description: str | None = None,
         connect: bool = True,
         credentials: bool = True,
+        aliases: tuple[str, ...] = (),
     ) -> ArgumentParser:
         parser = self.parent.add_parser(
             name,
+            aliases=list(aliases),
             help=summary,
             # The raw formatter keeps the example's lines, so wrap the prose here.
             description=textwrap.fill(description or summary[0].upper() + summary[1:] + ".", 79),
@@ -143,7 +158,7 @@ def add_common_options(
     group.add_argument(
         "--url",
         default=default(None),
-        help="server, tcpmq://HOST[:PORT] (default: $TCPMQ_URL, else tcpmq://127.0.0.1:7878)",
+        help="server, [tcpmq://]HOST[:PORT] (default: $TCPMQ_URL, else tcpmq://127.0.0.1:7878)",
     )
     if credentials:
         group.add_argument(
@@ -247,6 +262,32 @@ def _account_commands(table: Table, shell: bool) -> None:
     table.command(
         "info", "show the server's version, store and every limit it enforces", "tcpmq info"
     ).set_defaults(handler=manage.info)
+    passwd = table.command(
+        "passwd",
+        "change your password, or as an admin a user's",
+        "tcpmq passwd\n"
+        "tcpmq passwd alice\n"
+        "printenv NEW_PASSWORD | tcpmq passwd ci --password-stdin",
+        description="Change the password of USER (default: yours); it is asked for twice "
+        "on the terminal. The user's tokens issued so far are refused from then on; a "
+        "stored login of yours for this server is renewed with the new password.",
+    )
+    passwd.add_argument("name", metavar="USER", nargs="?")
+    if not shell:
+        passwd.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+    passwd.set_defaults(handler=operate.passwd)
+    revoke = table.command(
+        "revoke-tokens",
+        "refuse every token issued so far to you, or as an admin to a user",
+        "tcpmq revoke-tokens\ntcpmq revoke-tokens alice",
+        description="Make the server refuse every token of USER (default: you) issued "
+        "until now, stored logins included; connections already open stay. Log in again "
+        "for a new token.",
+    )
+    revoke.add_argument("name", metavar="USER", nargs="?")
+    revoke.set_defaults(handler=operate.revoke_tokens)
 
 
 def _manage_commands(table: Table, shell: bool) -> None:
@@ -265,7 +306,9 @@ def _manage_commands(table: Table, shell: bool) -> None:
             "--password-stdin", action="store_true", help="read the password from stdin"
         )
     add.set_defaults(handler=manage.user_add)
-    users.command("list", "list users", "tcpmq user list").set_defaults(handler=manage.user_list)
+    users.command("list", "list users", "tcpmq user list", aliases=("ls",)).set_defaults(
+        handler=manage.user_list
+    )
     get = users.command("get", "show a user", "tcpmq user get alice")
     get.add_argument("name", metavar="USER")
     get.set_defaults(handler=manage.user_get)
@@ -275,13 +318,14 @@ def _manage_commands(table: Table, shell: bool) -> None:
         "tcpmq user rm alice",
     )
     rm.add_argument("name", metavar="USER")
+    _add_yes(rm)
     rm.set_defaults(handler=manage.user_rm)
 
     channels = table.group("channel", "manage channels")
     add = channels.command("add", "create a channel", "tcpmq channel add orders")
     add.add_argument("name", metavar="NAME")
     add.set_defaults(handler=manage.channel_add)
-    channels.command("list", "list channels", "tcpmq channel list").set_defaults(
+    channels.command("list", "list channels", "tcpmq channel list", aliases=("ls",)).set_defaults(
         handler=manage.channel_list
     )
     get = channels.command("get", "show a channel and its queues", "tcpmq channel get orders")
@@ -291,6 +335,7 @@ def _manage_commands(table: Table, shell: bool) -> None:
         "rm", "delete a channel with its queues and messages", "tcpmq channel rm orders"
     )
     rm.add_argument("name", metavar="CHANNEL")
+    _add_yes(rm)
     rm.set_defaults(handler=manage.channel_rm)
 
     sub = table.command(
@@ -312,15 +357,40 @@ def _manage_commands(table: Table, shell: bool) -> None:
     sub.set_defaults(handler=manage.subscribe)
 
     queues = table.group("queue", "list and delete queues")
-    ls = queues.command("list", "list the queues of a channel", "tcpmq queue list orders")
-    ls.add_argument("channel", metavar="CHANNEL")
-    ls.set_defaults(handler=manage.queue_list)
+    ls = queues.command(
+        "list",
+        "list the queues of a channel, or of every channel",
+        "tcpmq queue list orders\ntcpmq queue list",
+        aliases=("ls",),
+        description="List the queues of CHANNEL; without one, every queue of every channel "
+        "with its ready and in-flight messages, redeliveries, the age of its oldest "
+        "message and the pulls waiting on it.",
+    )
+    ls.add_argument("channel", metavar="CHANNEL", nargs="?")
+    ls.set_defaults(handler=operate.queue_list)
     rm = queues.command(
         "rm", "delete a queue and its messages (unsubscribe)", "tcpmq queue rm orders billing"
     )
     rm.add_argument("channel", metavar="CHANNEL")
     rm.add_argument("queue", metavar="QUEUE")
     rm.set_defaults(handler=manage.queue_rm)
+    purge = queues.command(
+        "purge",
+        "drop every ready message of a queue",
+        "tcpmq queue purge orders billing",
+        description="Drop every ready message of a queue; messages in flight stay until "
+        "acked, nacked or timed out. Allowed to the queue's owner, the channel's owner "
+        "and admins.",
+    )
+    purge.add_argument("channel", metavar="CHANNEL")
+    purge.add_argument("queue", metavar="QUEUE")
+    purge.set_defaults(handler=operate.queue_purge)
+
+
+def _add_yes(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="delete without asking (asked only on a terminal)"
+    )
 
 
 def _message_commands(table: Table) -> None:
@@ -328,16 +398,30 @@ def _message_commands(table: Table) -> None:
         "pub",
         "publish messages to a channel",
         "tcpmq pub orders '{\"order\": 1234}'\n"
-        "tcpmq pub greetings hello\n"
+        "tcpmq pub greetings --raw 'hello there'\n"
+        "tcpmq pub orders --file order.json\n"
         "cat events.jsonl | tcpmq pub audit",
-        description="Publish DATA, or with no DATA one message per line of stdin (blank "
-        "lines skipped), sent in pipelined batches. DATA or a line that is valid JSON is "
-        "sent as that JSON value, anything else as a string; --raw sends every one as a "
-        "string.",
+        description="Publish DATA, the JSON document in --file, or with --lines (the "
+        "default for stdin) one message per line, sent in pipelined batches (blank lines "
+        "skipped). Each must be valid JSON: invalid JSON is an error, never sent as "
+        "something else; --raw sends DATA, the file or each line as a JSON string.",
     )
     pub.add_argument("channel", metavar="CHANNEL")
     pub.add_argument("data", metavar="DATA", nargs="?", help="the message (default: stdin)")
-    pub.add_argument("--raw", action="store_true", help="send DATA or each line as a string")
+    pub.add_argument(
+        "--raw", action="store_true", help="send DATA, the file or each line as a JSON string"
+    )
+    pub.add_argument(
+        "--file", metavar="FILE", help="publish FILE ('-': stdin) as one message, or with --lines"
+    )
+    pub.add_argument(
+        "--lines", action="store_true", help="one message per line (of stdin, or of --file)"
+    )
+    pub.add_argument(
+        "--require-queue",
+        action="store_true",
+        help="fail (exit 1) when a message reached no queue, instead of warning",
+    )
     pub.add_argument(
         "--batch",
         type=_positive(int),
@@ -388,3 +472,16 @@ def _message_commands(table: Table) -> None:
         settle.add_argument("ids", metavar="ID", nargs="+", type=int)
         settle.add_argument("--queue", metavar="QUEUE", help="queue name (default: your user name)")
         settle.set_defaults(handler=handler)
+
+    peek = table.command(
+        "peek",
+        "show ready messages of a queue without taking them",
+        "tcpmq peek orders --queue billing --max 10",
+        description="Print up to --max ready messages of a queue, in the order a pull "
+        "would take them, without taking them: nothing is delivered, acked or counted "
+        "as an attempt.",
+    )
+    peek.add_argument("channel", metavar="CHANNEL")
+    peek.add_argument("--queue", metavar="QUEUE", help="queue name (default: your user name)")
+    peek.add_argument("--max", type=_positive(int), metavar="N", help="at most N (default 1)")
+    peek.set_defaults(handler=operate.peek)

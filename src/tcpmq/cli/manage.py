@@ -3,6 +3,11 @@
 Each handler makes one call and prints its result: with `--json` the
 object (or list of objects) the op returns, as protocol.md describes it,
 `{}` for a deletion; otherwise a table or one sentence.
+
+`channel rm` and `user rm` first ask on a terminal, saying what goes with
+it (unless `--yes`). They look the channel or user up to say so, which also
+reports `not_found` before anyone is asked; a channel is not asked about
+when the caller may not delete it, so the answer is `forbidden` at once.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import argparse
 
 from ..models import ChannelInfo, QueueInfo, UserInfo
+from .exits import CliError
 from .output import fields, seconds, table, when
-from .prompts import ask_password, password_from_stdin
+from .prompts import ask_password, can_ask, confirm, password_from_stdin
 from .runner import Context
 
 
@@ -71,8 +77,30 @@ async def user_get(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"1 {noun}" if count == 1 else f"{count} {noun}s"
+
+
+async def _confirm_or_stop(args: argparse.Namespace, question: str) -> None:
+    """Raises: CliError (exit 1) when the person at the terminal says no."""
+    if not await confirm(question):
+        raise CliError(f"{args.name!r} not deleted")
+
+
+def _asks(args: argparse.Namespace) -> bool:
+    return not args.yes and can_ask()
+
+
 async def user_rm(ctx: Context, args: argparse.Namespace) -> int:
-    await (await ctx.session.client()).user_delete(args.name)
+    client = await ctx.session.client()
+    if _asks(args):
+        user = await client.user_get(args.name)
+        await _confirm_or_stop(
+            args,
+            f"Delete user {user.name!r} ({user.role}) with all its queues and their messages, "
+            "and end its connections?",
+        )
+    await client.user_delete(args.name)
     ctx.out.result({}, f"deleted user {args.name!r}")
     return 0
 
@@ -106,9 +134,28 @@ async def channel_get(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def channel_rm(ctx: Context, args: argparse.Namespace) -> int:
-    await (await ctx.session.client()).channel_delete(args.name)
+    client = await ctx.session.client()
+    if _asks(args):
+        channel = await client.channel_get(args.name)
+        me = ctx.session.identity
+        if me is None or me.role == "admin" or me.user == channel.owner:
+            await _confirm_or_stop(args, f"Delete {_channel_contents(channel)}?")
+    await client.channel_delete(args.name)
     ctx.out.result({}, f"deleted channel {args.name!r}")
     return 0
+
+
+def _channel_contents(channel: ChannelInfo) -> str:
+    """`channel 'orders' with its 2 queues (billing, audit) and 5 messages`."""
+    queues = channel.queues or []
+    if not queues:
+        return f"channel {channel.name!r} (it has no queues)"
+    names = ", ".join(q.name for q in queues)
+    held = sum(q.depth + q.inflight for q in queues)
+    return (
+        f"channel {channel.name!r} with its {_plural(len(queues), 'queue')} ({names}) "
+        f"and the {_plural(held, 'message')} in them"
+    )
 
 
 async def subscribe(ctx: Context, args: argparse.Namespace) -> int:

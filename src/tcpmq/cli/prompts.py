@@ -1,12 +1,16 @@
-"""Asking for passwords: on the terminal without echo, or one line of stdin.
+"""Asking a person: passwords (on the terminal without echo, or one line of stdin), yes or no.
 
 Passwords never come from the command line, where `ps` and the shell's
-history would show them.
+history would show them. A yes-or-no question is only asked when stdin is
+a terminal: a script gets no prompt, as it never did, and says `--yes`
+where it means it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import os
 import sys
 import warnings
 
@@ -56,3 +60,35 @@ def password_from_stdin() -> str:
     if not password:
         raise CliError("no password on stdin")
     return password
+
+
+def can_ask() -> bool:
+    """Whether a person can answer: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
+async def confirm(question: str) -> bool:
+    """Ask `question [y/N]` on stderr and read the answer from the terminal; True for yes.
+
+    The answer is read through the event loop rather than with `input()`:
+    a read blocking the loop would hold off the runner's signal handling,
+    so Ctrl-C would not end the command until Enter.
+    """
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    answer: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not answer.done():
+            answer.set_result(os.read(fd, 1024))
+
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    loop.add_reader(fd, readable)
+    try:
+        line = await answer
+    finally:
+        loop.remove_reader(fd)
+    if not line:
+        print(file=sys.stderr)  # Ctrl-D: end the prompt's line
+    return line.strip().lower() in (b"y", b"yes")

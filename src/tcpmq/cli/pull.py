@@ -2,7 +2,8 @@
 
 A message is acked only once it has been printed: written to stdout and
 flushed. What `tcpmq` cannot see is whether the reader of a pipe read it
-(`tcpmq pull q --max 10 | head -1` acks all ten).
+(`tcpmq pull q --max 10 | head -1` acks all ten). An empty pull prints
+nothing, except "no messages" when stdout is a terminal.
 
 `--follow` and Ctrl-C. The SIGINT (and SIGTERM) handler only sets
 `Context.stop` (see `runner`); the loop looks at it between steps, so the
@@ -113,6 +114,9 @@ async def pull(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.stop.is_set():
         await puller.give_back(messages)
         return EXIT_INTERRUPTED
+    if not messages and not ctx.out.json and ctx.out.stream.isatty():
+        # A person would wonder whether anything happened; a script wants no output.
+        ctx.out.text("no messages")
     await puller.deliver(messages)
     return 0
 

@@ -20,7 +20,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..client import DEFAULT_URL, Client, ConnectionClosed, connect, parse_url
+from ..client import DEFAULT_URL, Client, ConnectionClosed, connect
+from ..client.url import parse_address
 from ..errors import AuthFailed
 from ..models import Identity, LoginResult
 from .credentials import CredentialStore
@@ -33,11 +34,13 @@ DEFAULT_TIMEOUT = 10.0
 def canonical_url(url: str) -> str:
     """`url` as `tcpmq://host:port`, so that one server has one key in the credentials file.
 
+    `url` may leave out the scheme (`127.0.0.1:7878`): the command line takes it as typed.
+
     Raises:
         UsageError: not a tcpmq URL.
     """
     try:
-        host, port = parse_url(url)
+        host, port = parse_address(url)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if ":" in host:
@@ -133,15 +136,30 @@ class Session:
         if self._client is None or self._client.closed:
             # Ask for a password before connecting: the server drops a
             # connection that has not authenticated within its auth_timeout.
-            if authenticate:
-                credentials = self.credentials()
             self.identity = None
+            if authenticate:
+                credentials = await self._credentials_or_unreachable()
             self._client = await self._connect()
         elif authenticate and self.identity is None:
             credentials = self.credentials()
         if credentials is not None:
             await self._authenticate(self._client, credentials)
         return self._client
+
+    async def _credentials_or_unreachable(self) -> Credentials:
+        """`credentials()`, unless the server cannot be reached: that is said first.
+
+        Not being logged in matters only once the address is right, and a
+        wrong port reported as `unauthenticated` sends people to `login`
+        (which then fails too). The connection made to find out is kept.
+        """
+        try:
+            return self.credentials()
+        except CliError as exc:
+            if exc.code != EXIT_AUTH:
+                raise
+            self._client = await self._connect()
+            raise
 
     async def _connect(self) -> Client:
         try:

@@ -1,4 +1,9 @@
-"""Server addresses: `tcpmq://host[:port]` URLs."""
+"""Server addresses: `tcpmq://host[:port]` URLs, and `host[:port]` as people type them.
+
+The library takes URLs only (`parse_url`), so a program says what it means;
+the command line also takes an address without the scheme (`parse_address`),
+as people type it after `ssh` or `nc`.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +47,12 @@ def parse_url(url: str) -> Address:
     elif port == 0:
         raise ValueError(f"port 0 in {url!r}")
     return Address(host, port)
+
+
+def parse_address(text: str) -> Address:
+    """`parse_url`, also taking `host[:port]` without the scheme (`127.0.0.1:7878`).
+
+    Raises:
+        ValueError: as `parse_url`; another scheme (`http://`) is refused, not guessed at.
+    """
+    return parse_url(text if "://" in text else f"tcpmq://{text}")
