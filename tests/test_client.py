@@ -712,3 +712,29 @@ async def test_auth_timeout_bye(tmp_path: Path) -> None:
         await client.wait_closed()
         assert client.close_reason is not None
         assert client.close_reason.code is ErrorCode.UNAUTHENTICATED
+
+
+async def test_channel_create_exist_ok_returns_the_channel(admin_client: Client) -> None:
+    created = await admin_client.channel_create("declared")
+    again = await admin_client.channel_create("declared", exist_ok=True)
+    assert (again.name, again.owner, again.created_at) == (
+        created.name,
+        created.owner,
+        created.created_at,
+    )
+    with pytest.raises(AlreadyExists):
+        await admin_client.channel_create("declared")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {"a": [1, float("-inf")]}])
+async def test_publishing_nan_or_infinity_is_refused_not_nulled(
+    admin_client: Client, bad: object
+) -> None:
+    await admin_client.channel_create("numbers")
+    await admin_client.subscribe("numbers")
+    with pytest.raises(ValueError, match="NaN and Infinity"):
+        await admin_client.publish("numbers", bad)
+    # Nothing went out, and the connection goes on.
+    await admin_client.publish("numbers", None)
+    [message] = await admin_client.pull("numbers")
+    assert message.data is None

@@ -41,7 +41,7 @@ OP_FIELDS = {
     "login": ["user", "password", "ttl"],
     "auth": ["token"],
     "whoami": [],
-    "help": [],
+    "help": ["name"],
     "server.info": [],
     "user.create": ["name", "password", "role"],
     "user.list": [],
@@ -421,6 +421,19 @@ def test_the_op_list_matches_protocol_md() -> None:
     text = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
     ops_chapter = text.split("\n## Ops\n", 1)[1].split("\n## ", 1)[0]
     assert set(re.findall(r"^### (\S+)$", ops_chapter, re.MULTILINE)) == PROTOCOL_OPS
+
+
+async def test_help_shows_one_op_by_name(alice: Wire) -> None:
+    reply = await alice.ok("help", name="pull")
+    assert reply["ops"] == [
+        {
+            "op": "pull",
+            "fields": "channel, queue?, max?, wait?",
+            "summary": reply["ops"][0]["summary"],
+        }
+    ]
+    assert (await alice.error("help", "not_found", name="nonsense"))["message"]
+    assert (await alice.error("help", "bad_request", name=1))["field"] == "name"
 
 
 async def test_help_lists_every_op(alice: Wire) -> None:

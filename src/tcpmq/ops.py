@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 from . import info, wire
 from .app import App, Caller
 from .auth import DUMMY_HASH
-from .errors import AlreadyExists, AuthFailed, BadRequest, Forbidden, InternalError, TcpmqError
+from .errors import (
+    AlreadyExists,
+    AuthFailed,
+    BadRequest,
+    Forbidden,
+    InternalError,
+    NotFound,
+    TcpmqError,
+)
 from .pending import Pending, Result
 from .users import User, revocation_second
 
@@ -111,11 +119,15 @@ def op_whoami(app: App, caller: Caller, request: wire.NoFields) -> Result:
     return {"user": caller.name, "role": "admin" if caller.is_admin else "user"}
 
 
-def op_help(app: App, caller: Caller, request: wire.NoFields) -> Result:
+def op_help(app: App, caller: Caller, request: wire.HelpRequest) -> Result:
+    # One op on request: a whole list is hard to read in a terminal.
+    names = sorted(wire.OPS) if request.name is None else [request.name]
+    if request.name is not None and request.name not in wire.OPS:
+        raise NotFound(f'no op {request.name!r}; send {{"op":"help"}} for the list')
     return {
         "ops": [
-            {"op": name, "fields": spec.fields, "summary": spec.summary}
-            for name, spec in sorted(wire.OPS.items())
+            {"op": name, "fields": wire.OPS[name].fields, "summary": wire.OPS[name].summary}
+            for name in names
         ]
     }
 

@@ -115,6 +115,11 @@ class PeekRequest(Request):
     max: PositiveInt = 1
 
 
+class HelpRequest(Request):
+    # An op's name, such as "pull" or "channel.create" (not a Name: ops have dots).
+    name: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
 class UserPasswdRequest(Request):
     name: Name | None = None
     password: Password
@@ -170,7 +175,7 @@ OPS: dict[str, OpSpec] = {
     "auth": OpSpec(AuthRequest, "token", "authenticate with a token"),
     "login": OpSpec(LoginRequest, "user, password, ttl?", "authenticate and get a token"),
     "whoami": OpSpec(NoFields, "", "show the authenticated user"),
-    "help": OpSpec(NoFields, "", "list the ops"),
+    "help": OpSpec(HelpRequest, "name?", "list the ops, or show one"),
     "server.info": OpSpec(NoFields, "", "show the server's version, store and limits"),
     "user.create": OpSpec(UserCreateRequest, "name, password, role?", "create a user"),
     "user.list": OpSpec(NoFields, "", "list users"),

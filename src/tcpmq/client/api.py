@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from ..errors import AlreadyExists
 from ..models import (
     AckResult,
     ChannelInfo,
@@ -251,14 +252,22 @@ class Client:
         reply = await self._link.call("user.revoke_tokens", fields)
         return parse(TokensRevoked, reply, "user.revoke_tokens")
 
-    async def channel_create(self, name: str) -> ChannelInfo:
+    async def channel_create(self, name: str, *, exist_ok: bool = False) -> ChannelInfo:
         """Create a channel owned by this connection's user.
 
+        With `exist_ok`, a channel that exists already is returned instead
+        (declare-style, as `subscribe` is for one's own queue).
+
         Raises:
-            AlreadyExists: the name is taken.
+            AlreadyExists: the name is taken (and not `exist_ok`).
             LimitExceeded: `max_channels` reached.
         """
-        reply = await self._link.call("channel.create", {"name": name})
+        try:
+            reply = await self._link.call("channel.create", {"name": name})
+        except AlreadyExists:
+            if not exist_ok:
+                raise
+            return await self.channel_get(name)
         return parse(ChannelInfo, reply.get("channel"), "channel.create")
 
     async def channel_list(self) -> list[ChannelInfo]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -267,11 +268,14 @@ class Connection:
             self._shut(ConnectionClosed("connection lost"))
         if self._close_reason is not None:
             raise self._close_reason.clone()
+        line = orjson.dumps(
+            {"op": op, "id": self._next_id + 1, **fields}, option=orjson.OPT_APPEND_NEWLINE
+        )
+        if b"null" in line and _has_non_finite(fields):
+            # orjson writes NaN and Infinity as null: the server would store a null.
+            raise ValueError(f"{op}: NaN and Infinity are not JSON numbers")
         self._next_id += 1
         request_id = self._next_id
-        line = orjson.dumps(
-            {"op": op, "id": request_id, **fields}, option=orjson.OPT_APPEND_NEWLINE
-        )
         if self.max_frame_bytes is not None and len(line) - 1 > self.max_frame_bytes:
             # The server would answer frame_too_large and then close the
             # connection under every other pipelined call; refuse it here.
@@ -353,6 +357,17 @@ class Connection:
         except OSError as exc:
             # The reader will see the EOF too; fail everything now rather than later.
             self._shut(ConnectionClosed(f"connection lost: {exc}"))
+
+
+def _has_non_finite(value: object) -> bool:
+    """Whether a NaN or an infinity hides in `value` (JSON-like data)."""
+    if type(value) is float:
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    return False
 
 
 async def open_connection(address: Address, time_limit: float) -> Connection:
