@@ -57,7 +57,7 @@ from typing import cast
 
 import orjson
 
-from . import wire
+from . import audit, wire
 from .app import App, Caller
 from .deadlines import DeadlineTimer
 from .errors import (
@@ -143,11 +143,13 @@ class Connection(asyncio.Protocol):
         self.caller.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
         if not self.app.connections.admit(self):
+            audit.event("connection_refused", peer=self.caller.peer, reason="max_connections")
             maximum = self._limits.max_connections
             self.close(
                 LimitExceeded("too many connections", limit="max_connections", maximum=maximum)
             )
             return
+        audit.event("connect", conn=self.caller.conn_id, peer=self.caller.peer)
         transport.write(wire.hello(self._limits.max_frame_bytes))
         loop = asyncio.get_running_loop()
         self._auth_limit = loop.time() + self._limits.max_auth_time
@@ -192,6 +194,7 @@ class Connection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        audit.event("disconnect", conn=self.caller.conn_id, user=self.caller.name or "-")
         self.state = State.CLOSED
         if self._pending is not None:
             self._pending.cancel()

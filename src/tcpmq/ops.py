@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import info, wire
+from . import audit, info, wire
 from .app import App, Caller
 from .auth import DUMMY_HASH
 from .errors import (
@@ -86,13 +86,18 @@ def op_ping(app: App, caller: Caller, request: wire.NoFields) -> Result:
 
 
 def op_auth(app: App, caller: Caller, request: wire.AuthRequest) -> Result:
-    claims = app.signer.verify(request.token)
-    user = app.users.find(claims.user)
-    if user is None or user.uid != claims.uid:
-        raise AuthFailed("the token's user no longer exists")
-    if claims.issued_at < user.tokens_valid_after:
-        raise AuthFailed("token revoked")
+    try:
+        claims = app.signer.verify(request.token)
+        user = app.users.find(claims.user)
+        if user is None or user.uid != claims.uid:
+            raise AuthFailed("the token's user no longer exists")
+        if claims.issued_at < user.tokens_valid_after:
+            raise AuthFailed("token revoked")
+    except AuthFailed as exc:
+        audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, reason=exc.message)
+        raise
     app.connections.authenticate(caller, user)
+    audit.event("auth", conn=caller.conn_id, peer=caller.peer, user=user.name, by="token")
     return {"user": user.name, "role": user.role, "expires_at": claims.expires_at}
 
 
@@ -106,8 +111,10 @@ def op_login(app: App, caller: Caller, request: wire.LoginRequest) -> Pending:
     def checked(matches: bool) -> Result:
         # The user may have been deleted (or replaced) while the hash ran.
         if not matches or user is None or app.users.find(user.name) is not user:
+            audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, user=request.user)
             raise AuthFailed("wrong user name or password")
         app.connections.authenticate(caller, user)
+        audit.event("auth", conn=caller.conn_id, peer=caller.peer, user=user.name, by="password")
         issued = user.token_issued_at(time.time())
         token = app.signer.mint(user.name, user.role, user.uid, ttl, now=issued)
         return {"user": user.name, "role": user.role, "token": token, "expires_at": issued + ttl}
@@ -148,7 +155,11 @@ def op_user_create(app: App, caller: Caller, request: wire.UserCreateRequest) ->
         password_hash = await app.passwords.hash(request.password)
         return await app.users.create(request.name, request.role, password_hash, time.time())
 
-    return _later(create(), lambda user: {"user": user.info()})
+    def created(user: User) -> Result:
+        audit.event("user_created", user=user.name, role=user.role, by=caller.name)
+        return {"user": user.info()}
+
+    return _later(create(), created)
 
 
 def op_user_list(app: App, caller: Caller, request: wire.NoFields) -> Result:
@@ -170,6 +181,7 @@ def op_user_delete(app: App, caller: Caller, request: wire.NameRequest) -> Pendi
         # Its queues go; its channels pass to the admin who deleted it.
         app.backend.delete_user(user.name, caller.name)
         app.connections.end_user(user.name)
+        audit.event("user_deleted", user=user.name, by=caller.name)
         return None
 
     return _later(app.users.delete(request.name), deleted)
@@ -193,21 +205,32 @@ def op_user_passwd(app: App, caller: Caller, request: wire.UserPasswdRequest) ->
         # Its tokens issued so far go with the old password.
         return await app.users.set_password(name, password_hash, revocation_second(time.time()))
 
-    return _later(change(), lambda user: {"tokens_valid_after": user.tokens_valid_after})
+    def changed(user: User) -> Result:
+        audit.event("password_changed", user=user.name, by=caller.name)
+        return {"tokens_valid_after": user.tokens_valid_after}
+
+    return _later(change(), changed)
 
 
 def op_user_revoke_tokens(app: App, caller: Caller, request: wire.UserRequest) -> Pending:
     name = _account(caller, request.name)
     app.users.get(name)
     revoked = app.users.revoke_tokens(name, revocation_second(time.time()))
-    return _later(revoked, lambda user: {"tokens_valid_after": user.tokens_valid_after})
+
+    def done(user: User) -> Result:
+        audit.event("tokens_revoked", user=user.name, by=caller.name)
+        return {"tokens_valid_after": user.tokens_valid_after}
+
+    return _later(revoked, done)
 
 
 # -- channels -----------------------------------------------------------------
 
 
 def op_channel_create(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
-    return app.backend.create_channel(request.name, caller.name, time.time())
+    result = app.backend.create_channel(request.name, caller.name, time.time())
+    audit.event("channel_created", channel=request.name, by=caller.name)
+    return result
 
 
 def op_channel_list(app: App, caller: Caller, request: wire.NoFields) -> Result | Pending:
@@ -219,7 +242,9 @@ def op_channel_get(app: App, caller: Caller, request: wire.NameRequest) -> Resul
 
 
 def op_channel_delete(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
-    return app.backend.delete_channel(request.name, caller.name, caller.is_admin)
+    result = app.backend.delete_channel(request.name, caller.name, caller.is_admin)
+    audit.event("channel_deleted", channel=request.name, by=caller.name)
+    return result
 
 
 # -- queues -------------------------------------------------------------------
@@ -235,14 +260,13 @@ def op_subscribe(app: App, caller: Caller, request: wire.SubscribeRequest) -> Re
             limits.max_ack_timeout,
             " seconds",
         )
-    return app.backend.subscribe(
-        request.channel,
-        request.queue or caller.name,
-        caller.name,
-        caller.is_admin,
-        request.ack_timeout,
-        time.time(),
+    queue = request.queue or caller.name
+    result = app.backend.subscribe(
+        request.channel, queue, caller.name, caller.is_admin, request.ack_timeout, time.time()
     )
+    if isinstance(result, dict) and result.get("created"):
+        audit.event("queue_created", channel=request.channel, queue=queue, by=caller.name)
+    return result
 
 
 def op_queue_list(app: App, caller: Caller, request: wire.QueueListRequest) -> Result | Pending:
@@ -251,11 +275,15 @@ def op_queue_list(app: App, caller: Caller, request: wire.QueueListRequest) -> R
 
 
 def op_queue_delete(app: App, caller: Caller, request: wire.QueueRequest) -> Result | Pending:
-    return app.backend.delete_queue(request.channel, request.queue, caller.name, caller.is_admin)
+    result = app.backend.delete_queue(request.channel, request.queue, caller.name, caller.is_admin)
+    audit.event("queue_deleted", channel=request.channel, queue=request.queue, by=caller.name)
+    return result
 
 
 def op_queue_purge(app: App, caller: Caller, request: wire.QueueRequest) -> Result | Pending:
-    return app.backend.purge_queue(request.channel, request.queue, caller.name, caller.is_admin)
+    result = app.backend.purge_queue(request.channel, request.queue, caller.name, caller.is_admin)
+    audit.event("queue_purged", channel=request.channel, queue=request.queue, by=caller.name)
+    return result
 
 
 # -- messages: the hot path ---------------------------------------------------

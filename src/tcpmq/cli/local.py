@@ -91,6 +91,12 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     )
     _add_data_dir(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines (default), or one JSON object per line",
+    )
     _add_storage_flags(serve)
     _add_limit_flags(serve)
     serve.set_defaults(local=_guarded(_serve))
@@ -175,14 +181,16 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server and its crypto would slow down every client command.
+    from ..audit import JsonFormatter
     from ..server import Server
     from ..storage import FormatError
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     config = _config(args)
     server = Server(config)
     try:
