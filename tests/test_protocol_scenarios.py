@@ -514,6 +514,21 @@ async def test_a_request_behind_a_waiting_pull_ends_the_wait(alice: Wire) -> Non
     expect_error(await prompt_reply(alice), "bad_json")
 
 
+async def test_an_ack_behind_a_waiting_pull_waits_in_turn(alice: Wire) -> None:
+    # A consumer acks batches while its next pulls wait: its acks must not
+    # turn each of those pulls into an empty reply.
+    await alice.ok("channel.create", name="lp")
+    await alice.ok("subscribe", channel="lp")
+    await alice.ok("publish", channel="lp", data=1)
+    [message] = (await alice.ok("pull", channel="lp"))["messages"]
+    await start_waiting_pull(alice, "wait", channel="lp", wait=0.5)
+    await alice.send("ack", channel="lp", ids=[message["id"]], id="ack")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(alice.reader.readline(), STILL_WAITING)
+    assert await prompt_reply(alice) == {"ok": True, "id": "wait", "messages": []}
+    assert await prompt_reply(alice) == {"ok": True, "id": "ack", "acked": 1, "unknown": []}
+
+
 async def test_pulls_behind_a_waiting_pull_wait_in_turn(server: Server, alice: Wire) -> None:
     await alice.ok("channel.create", name="lp")
     await alice.ok("subscribe", channel="lp")

@@ -285,13 +285,15 @@ class Connection(asyncio.Protocol):
             self._out_bytes += len(reply)
 
     def _request_behind_wait(self) -> bool:
-        """Whether a request other than a pull waits behind the pending reply.
+        """Whether a request other than a pull, ack or nack waits behind the pending reply.
 
-        Such a request ends a waiting pull (anything else would wait for the
-        pull's whole `wait`); pulls pipelined behind it wait in turn, as a
-        consumer may keep several in flight. Each frame is looked at once
-        (`_pulls_ahead` counts the pulls already seen at the backlog's head),
-        and only while a reply is pending: off the hot path.
+        Such a request ends a waiting pull (it would otherwise wait for the
+        pull's whole `wait`). A consumer's own stream, pulls and the acks of
+        what it got, waits in turn: a consumer that keeps several pulls in
+        flight and acks as batches come would otherwise turn every ack into
+        an empty reply and one more pull. Each frame is looked at once
+        (`_pulls_ahead` counts the frames already seen at the backlog's
+        head), and only while a reply is pending: off the hot path.
         """
         for frame in itertools.islice(self._backlog, self._pulls_ahead, None):
             if not _is_pull(frame):
@@ -562,13 +564,21 @@ class Connection(asyncio.Protocol):
 
 
 def _is_pull(frame: bytes | None) -> bool:
+    """Whether `frame` belongs to a consumer's stream: a pull, an ack or a nack."""
     if frame is None:  # too large: its error reply must not wait
+        return False
+    # Most frames name none of these ops anywhere: no parse for them.
+    if b'"pull"' not in frame and b'"ack"' not in frame and b'"nack"' not in frame:
         return False
     try:
         request = orjson.loads(frame)
     except orjson.JSONDecodeError:
         return False
-    return type(request) is dict and request.get("op") == "pull"
+    return type(request) is dict and request.get("op") in _CONSUMER_OPS
+
+
+# A consumer pipelines these behind its waiting pulls: they wait their turn.
+_CONSUMER_OPS = frozenset({"pull", "ack", "nack"})
 
 
 _PRE_AUTH = _ALLOWED[State.AWAITING_AUTH] or frozenset()

@@ -376,10 +376,10 @@ class Client:
         """Take up to `max` ready messages; with `wait` > 0, long-poll for the first.
 
         The reply's deadline is `timeout + wait`. Another call on this client
-        (anything but a pull) ends the wait: the server answers the pull at
-        once with what is ready, possibly nothing, so a long-poll never stalls
-        the program's other calls. For a loop that pulls, acks and survives
-        reconnects, see `consume()`.
+        (anything but a pull, ack or nack) ends the wait: the server answers
+        the pull at once with what is ready, possibly nothing, so a long-poll
+        never stalls the program's other calls. For a loop that pulls, acks
+        and survives reconnects, see `consume()`.
 
         Raises:
             NotFound: no such channel or queue (also when deleted while waiting).
