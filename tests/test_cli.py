@@ -100,8 +100,27 @@ async def test_login_stores_a_private_token_that_later_commands_use(tmp_path: Pa
         assert cli.url not in orjson.loads(credentials.read_bytes())["servers"]
         assert mode(credentials) == 0o600
         result = await cli.run("logout", "--json")
-        assert orjson.loads(result.out) == {"url": cli.url, "removed": False}
+        assert orjson.loads(result.out) == {"url": cli.url, "removed": False, "revoked": False}
         assert (await cli.run("whoami")).code == AUTH
+
+
+async def test_logout_revoke_makes_the_server_refuse_the_token(tmp_path: Path) -> None:
+    async with cli_env(tmp_path) as cli:
+        password = f"{ADMIN_PASSWORD}\n".encode()
+        assert (
+            await cli.run("login", "-u", "admin", "--password-stdin", stdin=password)
+        ).code == OK
+        credentials = cli.config / "credentials.json"
+        token = orjson.loads(credentials.read_bytes())["servers"][cli.url]["token"]
+        result = await cli.run("logout", "--revoke")
+        assert result.code == OK, result
+        assert result.out == (
+            f"removed the stored login for {cli.url}; "
+            "the server refuses every token of this user issued so far\n"
+        )
+        # The forgotten token no longer works anywhere.
+        refused = await cli.run("whoami", "--token", token)
+        assert refused.code == AUTH and "token revoked" in refused.err
 
 
 async def test_login_asks_for_the_password_on_the_terminal(tmp_path: Path) -> None:

@@ -46,9 +46,17 @@ async def login(ctx: Context, args: argparse.Namespace) -> int:
 
 async def logout(ctx: Context, args: argparse.Namespace) -> int:
     url = ctx.session.url
+    revoked = False
+    if getattr(args, "revoke", False) and ctx.session.store.get(url) is not None:
+        # With the stored token itself, before it is forgotten: the server then
+        # refuses it, and every other token of the user issued so far.
+        await (await ctx.session.client()).user_revoke_tokens()
+        revoked = True
     removed = ctx.session.store.remove(url)
     text = f"removed the stored login for {url}" if removed else f"not logged in to {url}"
-    ctx.out.result({"url": url, "removed": removed}, text)
+    if revoked:
+        text += "; the server refuses every token of this user issued so far"
+    ctx.out.result({"url": url, "removed": removed, "revoked": revoked}, text)
     return 0
 
 

@@ -240,12 +240,18 @@ def _account_commands(table: Table, shell: bool) -> None:
     login.add_argument("--ttl", type=_positive(int), metavar="SECONDS", help="token lifetime")
     login.set_defaults(handler=account.login)
 
-    table.command(
+    logout = table.command(
         "logout",
         "forget the stored token for this server",
-        "tcpmq logout --url tcpmq://10.0.0.5:7878",
+        "tcpmq logout --url tcpmq://10.0.0.5:7878\ntcpmq logout --revoke",
         credentials=False,
-    ).set_defaults(handler=account.logout)
+    )
+    logout.add_argument(
+        "--revoke",
+        action="store_true",
+        help="first make the server refuse every token of your user issued so far",
+    )
+    logout.set_defaults(handler=account.logout)
 
     table.command("whoami", "show the user you are on the server", "tcpmq whoami").set_defaults(
         handler=account.whoami
