@@ -79,13 +79,17 @@ async def test_shell_session(tmp_path: Path) -> None:
             await terminal.expect("channel rm orders")
             terminal.type(CTRL_C)
             await terminal.expect(prompt)
-            terminal.type("pull orders --queue billing --follow" + ENTER)
+            terminal.type("pull orders --queue billing --follow --wait 120" + ENTER)
             await client.publish("orders", "live")
             await terminal.expect('2  "live"\n')
             terminal.type(CTRL_C)
             await terminal.expect(prompt)
             [queue] = await client.queue_list("orders")
             assert (queue.depth, queue.inflight) == (0, 0)
+            # The long poll Ctrl-C ended (120 s) does not hold up the next command.
+            terminal.type("whoami" + ENTER)
+            await terminal.expect(r"admin \(admin\) at ")
+            await terminal.expect(prompt)
 
             terminal.type("help" + ENTER)
             await terminal.expect(r"channel\s+manage channels")
