@@ -106,6 +106,14 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         yield srv
 
 
+async def until_pull_waits(server: Server, channel: str, queue: str) -> None:
+    """Return once the server has parked a pull on the queue (no sleep: one loop turn each)."""
+    broker = server.backend.broker  # type: ignore[attr-defined]
+    # Nothing announces a parked pull; look once per turn of the loop the server runs on.
+    while not broker.queue(channel, queue).waiters:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+
+
 def expect_error(reply: dict[str, Any], code: str) -> dict[str, Any]:
     """Assert `reply` is an error reply with `code`; returns its `error` object."""
     assert reply.get("ok") is False, reply

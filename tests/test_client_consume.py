@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPLY_TIMEOUT, running_server
+from conftest import REPLY_TIMEOUT, running_server, until_pull_waits
 from tcpmq.client import Client, ConnectionClosed, Delivery, connect
 from tcpmq.errors import NotFound
 from tcpmq.server import Server
@@ -377,10 +377,7 @@ async def test_a_call_beside_a_consumer_does_not_end_its_loop(server: Server) ->
                 seen.append(msg.data)
 
         consuming = asyncio.create_task(work())
-        queue = server.backend.broker.queue(CHANNEL, "admin")  # type: ignore[attr-defined]
-        # Nothing announces a parked pull; look once per turn of the shared loop.
-        while not queue.waiters:  # noqa: ASYNC110
-            await asyncio.sleep(0)
+        await until_pull_waits(server, CHANNEL, "admin")
         await client.ping()
         await client.publish(CHANNEL, "after the ping")
         await asyncio.wait_for(consuming, REPLY_TIMEOUT)

@@ -13,20 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import open_user_wire, running_server
-from tcpmq.server import Server
+from conftest import open_user_wire, running_server, until_pull_waits
 
 pytestmark = pytest.mark.every_store
 
 BYE = {"event": "bye", "error": {"code": "shutting_down", "message": "server is shutting down"}}
-
-
-async def until_pull_waits(server: Server, channel: str, queue: str) -> None:
-    """Return once the server has parked a pull on the queue (no sleep: one loop turn each)."""
-    broker = server.backend.broker  # type: ignore[attr-defined]
-    # Nothing announces a parked pull; look once per turn of the loop the server runs on.
-    while not broker.queue(channel, queue).waiters:  # noqa: ASYNC110
-        await asyncio.sleep(0)
 
 
 async def test_shutdown_answers_a_waiting_pull_before_bye(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ class Connection(asyncio.Protocol):
         self._backlog: deque[bytes | None] = deque()
         self._backlog_bytes = 0
         # Frames at the backlog's head already seen to be pulls (see _request_behind_wait).
-        self._pulls_ahead = 0
+        self._stream_ahead = 0
         self._pending: Pending | None = None
         # Publishes read but not yet published (see _join_run).
         self._run: PublishRun | None = None
@@ -201,7 +201,7 @@ class Connection(asyncio.Protocol):
             self._pending = None
         self._backlog.clear()
         self._backlog_bytes = 0
-        self._pulls_ahead = 0
+        self._stream_ahead = 0
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         self.app.connections.forget(self)
@@ -292,13 +292,13 @@ class Connection(asyncio.Protocol):
         what it got, waits in turn: a consumer that keeps several pulls in
         flight and acks as batches come would otherwise turn every ack into
         an empty reply and one more pull. Each frame is looked at once
-        (`_pulls_ahead` counts the frames already seen at the backlog's
+        (`_stream_ahead` counts the frames already seen at the backlog's
         head), and only while a reply is pending: off the hot path.
         """
-        for frame in itertools.islice(self._backlog, self._pulls_ahead, None):
-            if not _is_pull(frame):
+        for frame in itertools.islice(self._backlog, self._stream_ahead, None):
+            if not _in_consumer_stream(frame):
                 return True
-            self._pulls_ahead += 1
+            self._stream_ahead += 1
         return False
 
     def _join_run(self, head: bytes, channel: str, data: bytes | list[bytes]) -> None:
@@ -400,8 +400,8 @@ class Connection(asyncio.Protocol):
                 return
             turn -= 1
             frame = backlog.popleft()
-            if self._pulls_ahead:
-                self._pulls_ahead -= 1
+            if self._stream_ahead:
+                self._stream_ahead -= 1
             if frame is None:
                 error = self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
                 self._end_run()
@@ -524,7 +524,7 @@ class Connection(asyncio.Protocol):
         self._end_run()
         self._backlog.clear()
         self._backlog_bytes = 0
-        self._pulls_ahead = 0
+        self._stream_ahead = 0
         if reason is not None:
             self._out.append(wire.bye(reason))
         self._flush()
@@ -545,7 +545,7 @@ class Connection(asyncio.Protocol):
         self._run = None
         self._backlog.clear()
         self._backlog_bytes = 0
-        self._pulls_ahead = 0
+        self._stream_ahead = 0
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
@@ -563,7 +563,7 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
 
-def _is_pull(frame: bytes | None) -> bool:
+def _in_consumer_stream(frame: bytes | None) -> bool:
     """Whether `frame` belongs to a consumer's stream: a pull, an ack or a nack."""
     if frame is None:  # too large: its error reply must not wait
         return False
