@@ -149,6 +149,18 @@ async def test_revocation_never_moves_back(alice: Wire) -> None:
     assert second >= first
 
 
+async def test_a_second_revocation_within_a_second_refuses_the_tokens_between(
+    server: Server, alice: Wire
+) -> None:
+    # Tokens minted right after a revocation carry its second as their iat,
+    # ahead of the clock; a revocation within that second must refuse them too.
+    await alice.ok("user.revoke_tokens")
+    between = server.mint_token("alice")
+    await alice.ok("user.revoke_tokens")
+    assert await auth_error(server, between) == "token revoked"
+    assert await auth_ok(server, server.mint_token("alice")) == "alice"
+
+
 async def test_a_token_issued_in_the_future_is_refused(server: Server, alice: Wire) -> None:
     # One second ahead is what a token issued right after a revocation may have.
     assert await auth_ok(server, token_issued_at(server, "alice", time.time() + 0.5)) == "alice"

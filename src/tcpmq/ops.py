@@ -39,6 +39,9 @@ from .users import User, revocation_second
 
 log = logging.getLogger(__name__)
 
+# How far ahead of the clock a token's `iat` may be beyond the revocation second.
+_IAT_AHEAD = 1.0
+
 Handler = Callable[[App, Caller, Any], Result | Pending]
 T = TypeVar("T")
 
@@ -93,6 +96,10 @@ def op_auth(app: App, caller: Caller, request: wire.AuthRequest) -> Result:
             raise AuthFailed("the token's user no longer exists")
         if claims.issued_at < user.tokens_valid_after:
             raise AuthFailed("token revoked")
+        # Tokens are minted at most at the user's revocation second, or a
+        # second ahead of the clock (see users.revocation_second).
+        if claims.issued_at > max(time.time() + _IAT_AHEAD, user.tokens_valid_after):
+            raise AuthFailed("invalid token")
     except AuthFailed as exc:
         audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, reason=exc.message)
         raise

@@ -64,9 +64,10 @@ class User:
 def revocation_second(now: float) -> int:
     """`tokens_valid_after` for a revocation at `now`: the next whole second.
 
-    Every token issued up to `now` has an `iat` of at most `int(now)`, so all
-    of them are refused; tokens issued from then on get this second as their
-    `iat` (`User.token_issued_at`).
+    Every token issued up to `now` has an `iat` of at most `int(now)`, or of
+    the previous revocation's second, which the directory also moves past; so
+    all of them are refused. Tokens issued from then on get the new second as
+    their `iat` (`User.token_issued_at`), possibly ahead of the clock.
     """
     return math.floor(now) + 1
 
@@ -174,7 +175,9 @@ class _Users:
     async def set_password(self, name: str, password_hash: str, tokens_valid_after: int) -> User:
         async with self._turn:
             user = self.get(name)
-            after = max(user.tokens_valid_after, tokens_valid_after)
+            # Past every token issued so far, those minted at the last
+            # revocation's second (ahead of the clock) included.
+            after = max(user.tokens_valid_after + 1, tokens_valid_after)
             return await self._replace(
                 replace(user, password_hash=password_hash, tokens_valid_after=after)
             )
@@ -182,7 +185,9 @@ class _Users:
     async def revoke_tokens(self, name: str, tokens_valid_after: int) -> User:
         async with self._turn:
             user = self.get(name)
-            after = max(user.tokens_valid_after, tokens_valid_after)
+            # Past every token issued so far, those minted at the last
+            # revocation's second (ahead of the clock) included.
+            after = max(user.tokens_valid_after + 1, tokens_valid_after)
             return await self._replace(replace(user, tokens_valid_after=after))
 
     async def _replace(self, user: User) -> User:
