@@ -8,6 +8,7 @@ long-poll `pull` and releases it with a publish from another connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from conftest import ADMIN_PASSWORD, PROTOCOL_OPS, USER_PASSWORD, running_server
 from tcpmq.client import (
     Address,
     Client,
+    ConnectFailed,
     ConnectionClosed,
     connect,
     parse_url,
@@ -164,7 +166,7 @@ def test_connection_closed_from_bye() -> None:
 
 
 async def test_greeting_is_kept(server: Server) -> None:
-    async with connect(url_of(server)) as client:
+    async with connect(url_of(server), anonymous=True) as client:
         assert client.server_info["event"] == "hello"
         assert client.server_info["server"] == "tcpmq"
         assert client.server_info["protocol"] == 1
@@ -184,7 +186,7 @@ async def test_await_connect_and_close(server: Server) -> None:
 
 
 async def test_unauthenticated_connection(server: Server) -> None:
-    async with connect(url_of(server)) as client:
+    async with connect(url_of(server), anonymous=True) as client:
         await client.ping()
         with pytest.raises(Unauthenticated):
             await client.whoami()
@@ -212,7 +214,7 @@ async def test_connect_with_password_and_reuse_token(server: Server) -> None:
 
 
 async def test_auth_method(server: Server) -> None:
-    async with connect(url_of(server)) as client:
+    async with connect(url_of(server), anonymous=True) as client:
         identity = await client.auth(server.mint_token("admin"))
         assert isinstance(identity, Identity)
         assert (identity.user, identity.role) == ("admin", "admin")
@@ -220,7 +222,7 @@ async def test_auth_method(server: Server) -> None:
 
 
 async def test_auth_failures(server: Server) -> None:
-    async with connect(url_of(server)) as client:
+    async with connect(url_of(server), anonymous=True) as client:
         with pytest.raises(AuthFailed):
             await client.auth("not-a-token")
         with pytest.raises(AuthFailed):
@@ -237,17 +239,31 @@ async def test_auth_failures(server: Server) -> None:
 
 
 async def test_connect_refused() -> None:
-    with pytest.raises(OSError):
-        await connect(f"tcpmq://127.0.0.1:{free_port()}", timeout=5)
+    port = free_port()
+    with pytest.raises(ConnectFailed) as caught:
+        await connect(f"tcpmq://127.0.0.1:{port}", timeout=5, anonymous=True)
+    # One family of errors for the library, and the socket error for code written against it.
+    assert isinstance(caught.value, TcpmqError)
+    assert isinstance(caught.value, OSError)
+    assert caught.value.errno == errno.ECONNREFUSED
+    assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+async def test_connect_without_credentials_fails_at_once() -> None:
+    # No socket is opened: the port is never listened on, and the error is about the call.
+    with pytest.raises(ValueError, match="needs credentials"):
+        connect(f"tcpmq://127.0.0.1:{free_port()}")
+    with pytest.raises(ValueError, match="anonymous"):
+        connect(token="t", anonymous=True)
 
 
 async def test_bye_instead_of_greeting(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_connections=1) as srv,
-        connect(url_of(srv)) as first,
+        connect(url_of(srv), anonymous=True) as first,
     ):
         with pytest.raises(ConnectionClosed) as info:
-            await connect(url_of(srv))
+            await connect(url_of(srv), anonymous=True)
         assert info.value.code is ErrorCode.LIMIT_EXCEEDED
         assert info.value.details.get("limit") == "max_connections"
         await first.ping()
@@ -707,7 +723,7 @@ async def test_deleted_user_gets_bye(admin_client: Client, alice: Client) -> Non
 async def test_auth_timeout_bye(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", auth_timeout=0.2) as srv,
-        connect(url_of(srv)) as client,
+        connect(url_of(srv), anonymous=True) as client,
     ):
         await client.wait_closed()
         assert client.close_reason is not None

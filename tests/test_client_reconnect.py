@@ -290,7 +290,7 @@ async def test_consume_pulls_again_after_a_lost_long_poll(server: Server) -> Non
 async def test_explicit_auth_is_used_for_the_next_connection(server: Server) -> None:
     async with (
         relay_to(server.host, server.port) as relay,
-        connect(relay.url, reconnect=FAST) as client,
+        connect(relay.url, reconnect=FAST, anonymous=True) as client,
     ):
         await client.auth(server.mint_token("admin"))
         await ensure_queue(client)
@@ -388,4 +388,4 @@ async def test_first_connect_is_not_retried(broker: Broker) -> None:
     url = broker.url
     await broker.stop()
     with pytest.raises(OSError):
-        await connect(url, reconnect=True, timeout=5)
+        await connect(url, reconnect=True, timeout=5, anonymous=True)

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..client import DEFAULT_URL, Client, ConnectionClosed, connect
+from ..client import DEFAULT_URL, Client, ConnectFailed, ConnectionClosed, connect
 from ..client.url import parse_address
 from ..errors import AuthFailed
 from ..models import Identity, LoginResult
@@ -163,11 +163,11 @@ class Session:
 
     async def _connect(self) -> Client:
         try:
-            return await connect(self.url, timeout=self.timeout)
+            return await connect(self.url, timeout=self.timeout, anonymous=True)
         except TimeoutError:
             raise CliError(f"cannot connect to {self.url}: timed out", EXIT_CONNECTION) from None
-        except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
+        except ConnectFailed as exc:
+            reason = (exc.strerror or exc.message).lower()
             raise CliError(f"cannot connect to {self.url}: {reason}", EXIT_CONNECTION) from None
 
     async def _authenticate(self, client: Client, credentials: Credentials) -> None:

@@ -8,7 +8,7 @@ module per job:
 | module | job |
 |---|---|
 | `url.py` | `tcpmq://host:port` URLs |
-| `errors.py` | `ConnectionClosed` (nothing was sent) and `ConnectionLost` (outcome unknown) |
+| `errors.py` | `ConnectFailed`, `ConnectionClosed` (not sent), `ConnectionLost` (outcome unknown) |
 | `connection.py` | one TCP connection: pipelined requests, in-order replies, deadlines |
 | `reconnect.py` | `Link`, the connection of the moment: requests, backoff, re-authentication |
 | `consume.py` | `Client.consume()`: batches, acks, nacks, on the client's `Link` |
@@ -24,7 +24,7 @@ from typing import Any
 from .api import Client
 from .connection import MAX_REPLY_BYTES, open_connection
 from .consume import Consumer, Delivery
-from .errors import ConnectionClosed, ConnectionLost
+from .errors import ConnectFailed, ConnectionClosed, ConnectionLost
 from .reconnect import Backoff, Link
 from .url import DEFAULT_URL, Address, parse_url
 
@@ -34,6 +34,7 @@ __all__ = [
     "Address",
     "Backoff",
     "Client",
+    "ConnectFailed",
     "Connecting",
     "ConnectionClosed",
     "ConnectionLost",
@@ -103,13 +104,16 @@ def connect(
     password: str | None = None,
     timeout: float = 10.0,
     reconnect: bool | Backoff = False,
+    anonymous: bool = False,
 ) -> Connecting:
     """Open a connection to a tcpmq server, authenticating if credentials are given.
 
     Use as `async with connect(url, token=...) as client:` (closed on exit) or
     `client = await connect(url)` (call `client.close()` yourself). With
-    `token` the connection sends `auth`; with `user` and `password`, `login`;
-    with neither it stays unauthenticated (only `ping`, `auth`, `login` work).
+    `token` the connection sends `auth`; with `user` and `password`, `login`.
+    A connection without credentials can only `ping`, `auth` and `login`, so
+    it must be asked for with `anonymous=True` (to authenticate later, or to
+    check that a server answers); forgetting the credentials fails at once.
     `timeout` bounds the TCP connect, the greeting, and each later call.
 
     With `reconnect` (True for the default `Backoff`, or a `Backoff`), a lost
@@ -125,9 +129,10 @@ def connect(
     fails, `connect()` raises. Reconnects are logged to `tcpmq.client.reconnect`.
 
     Raises:
-        ValueError: a malformed URL, or conflicting or incomplete credentials
-            (raised at once, before connecting).
-        OSError: the TCP connection could not be made.
+        ValueError: a malformed URL, or conflicting, incomplete or missing
+            credentials (raised at once, before connecting).
+        ConnectFailed: the TCP connection could not be made (a `TcpmqError`
+            and an `OSError`).
         TimeoutError: the server did not answer within `timeout`.
         ConnectionClosed: the server sent `bye` instead of its greeting.
         AuthFailed: the token or the user and password were refused.
@@ -137,6 +142,13 @@ def connect(
         raise ValueError("give either a token or a user and password, not both")
     if (user is None) != (password is None):
         raise ValueError("login needs both user and password")
+    if anonymous and (token is not None or user is not None):
+        raise ValueError("anonymous=True connects without credentials; drop token, user, password")
+    if not anonymous and token is None and user is None:
+        raise ValueError(
+            "connect() needs credentials: token=..., or user=... and password=...;"
+            " pass anonymous=True to connect without them (only ping, auth and login work)"
+        )
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     backoff: Backoff | None = None

@@ -49,7 +49,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ErrorCode, FrameTooLarge, InternalError, TcpmqError
-from .errors import ConnectionClosed, ConnectionLost
+from .errors import ConnectFailed, ConnectionClosed, ConnectionLost
 from .url import Address
 
 log = logging.getLogger(__name__)
@@ -374,13 +374,19 @@ async def open_connection(address: Address, time_limit: float) -> Connection:
     """Connect and read the greeting; `time_limit` seconds bound each of the two steps.
 
     Raises:
-        OSError: the TCP connection could not be made.
+        ConnectFailed: the TCP connection could not be made.
         TimeoutError: no connection or no greeting in time.
         ConnectionClosed: the server sent `bye` instead of its greeting.
     """
     host, port = address
-    async with asyncio.timeout(time_limit):
-        reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY_BYTES)
+    try:
+        async with asyncio.timeout(time_limit):
+            reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY_BYTES)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConnectFailed.from_os_error(where, exc) from exc
     try:
         async with asyncio.timeout(time_limit):
             hello = await _read_greeting(reader)

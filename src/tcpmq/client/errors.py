@@ -1,4 +1,4 @@
-"""The two ways a call can end without a reply: the connection was gone, or went while it waited.
+"""The ways a call can end without a reply: no connection could be made, it was gone, or it went.
 
 The difference matters for anything that changes state. `ConnectionClosed`
 from a call that never left the client means it had no effect.
@@ -83,3 +83,25 @@ class ConnectionLost(ConnectionClosed):
         )
         exc.code = reason.code
         return exc
+
+
+class ConnectFailed(ConnectionClosed, OSError):
+    """The TCP connection could not be made (refused, unreachable, no such host).
+
+    Nothing was sent. It is an `OSError` too, with the `errno` and
+    `strerror` of the failure, so code written for the socket error keeps
+    working; `except TcpmqError` catches it with every other tcpmq failure.
+    """
+
+    @classmethod
+    def from_os_error(cls, address: str, exc: OSError) -> ConnectFailed:
+        """The exception for failing to connect to `address` with `exc`."""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        failed = cls(f"cannot connect to {address}: {reason.lower()}")
+        failed.errno = exc.errno
+        failed.strerror = exc.strerror
+        return failed
+
+    def __str__(self) -> str:
+        # OSError's own form ("[Errno 111] ...") would hide which address failed.
+        return self.message
