@@ -183,6 +183,43 @@ async def test_aclose_settles(admin: Client, worker: Client) -> None:
         aiter(messages)  # once ended, a consumer stays ended
 
 
+async def test_stop_drains_the_batch_in_hand_and_acks_it(admin: Client, worker: Client) -> None:
+    await admin.publish_batch(CHANNEL, list(range(5)))
+    consumer = worker.consume(CHANNEL, QUEUE, batch=5, wait=60)
+    seen = []
+    async for msg in consumer:
+        if msg.data == 0:
+            consumer.stop()
+            consumer.stop()  # a second call changes nothing
+        seen.append(msg.data)
+    assert consumer.stopping
+    assert seen == [0, 1, 2, 3, 4]  # the whole batch, not one pull more
+    assert await inflight(admin) == (0, 0)
+
+
+async def test_stop_answers_a_waiting_long_poll(
+    server: Server, admin: Client, worker: Client
+) -> None:
+    consumer = worker.consume(CHANNEL, QUEUE, batch=5, wait=120)
+    seen = []
+
+    async def consume() -> str:
+        async for msg in consumer:
+            seen.append(msg.data)
+        return "ended"
+
+    task = asyncio.create_task(consume())
+    await admin.publish(CHANNEL, "first")
+    await until_pull_waits(server, CHANNEL, QUEUE)  # "first" taken, the next pull parked
+    consumer.stop()
+    # Ended by the server's answer to the pull, not by cancelling: the task returns.
+    assert await asyncio.wait_for(task, REPLY_TIMEOUT) == "ended"
+    assert seen == ["first"]
+    assert await inflight(admin) == (0, 0)
+    await admin.publish(CHANNEL, "after")
+    assert await redelivered(admin, 1) == [("after", 1)]  # nothing was left parked
+
+
 async def test_cancelled_in_the_body_nacks(admin: Client, worker: Client) -> None:
     await admin.publish_batch(CHANNEL, list(range(3)))
     in_body = asyncio.Event()

@@ -477,6 +477,11 @@ class Client:
         on a lost connection but never received come back after the queue's
         `ack_timeout`.
 
+        To end a worker cleanly, call `stop()` on the consumer (from any
+        task, or from the loop body): the loop pulls no more, a long-poll in
+        progress is answered at once, and the loop ends once the messages it
+        already has are processed and acked; nothing is cancelled or nacked.
+
         Other calls on this client end its long-poll early (see `pull`); the
         loop then pulls again, so they never wait for it, and a consumer with
         a client of its own saves those extra pulls. Keep `batch` times the

@@ -17,6 +17,11 @@ Nothing is ever acked early; whatever the loop does not finish is nacked
 - the messages of a pull whose reply came after the loop stopped waiting for
   it (cancelled during a long-poll): they are nacked when the reply arrives.
 
+`stop()` is the gentle end: no task is cancelled, no pull is abandoned. It
+makes the server answer a waiting long-poll at once (a `ping` written behind
+the pull does that; see the long-poll rule in protocol.md), the loop
+processes what that pull and the batch in hand brought, acks it, and ends.
+
 Acks are idempotent (an id no longer in flight comes back as `unknown`), so
 an ack whose connection was lost before its reply is simply sent again on
 the next connection, with the next pull.
@@ -25,6 +30,7 @@ the next connection, with the next pull.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import weakref
@@ -176,6 +182,7 @@ class Consumer:
         # cyclic garbage collector happens to run.
         self._iterator: weakref.ref[AsyncGenerator[Delivery, None]] | None = None
         self._ended = False
+        self._stop = asyncio.Event()  # stop(): pull no more, drain what is here
 
     def __aiter__(self) -> AsyncGenerator[Delivery, None]:
         iterator = self._iterator() if self._iterator is not None else None
@@ -202,6 +209,32 @@ class Consumer:
             self._current = None
             self._mark_done(current)
         await self.aclose()
+
+    def stop(self) -> None:
+        """End the loop once the messages already received are processed.
+
+        The loop pulls no more. A long-poll waiting on the server is answered
+        at once (with what has arrived, if anything), the messages pulled are
+        still yielded, and the loop ends when they are done, acking them as
+        usual. Nothing is cancelled or nacked, so this is the way to shut a
+        worker down cleanly. Call it from any task or from the loop body; a
+        second call does nothing. For an immediate end, use `aclose()`.
+        """
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if not self._fetching:
+            return
+        # The server answers a waiting pull when another request follows it.
+        connection = self._link.connection
+        deadline = asyncio.get_running_loop().time() + self._link.timeout
+        with contextlib.suppress(TcpmqError):  # gone: the pull ends with the connection
+            connection.forget(connection.send("ping", {}, deadline))
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stop.is_set()
 
     async def aclose(self) -> None:
         """End the loop: ack what was processed, nack what was pulled and not.
@@ -249,11 +282,16 @@ class Consumer:
         link = self._link
         loop = asyncio.get_running_loop()
         while True:
+            if self._stop.is_set():
+                return False
             try:
                 connection = link.connection
                 if connection.closed:
-                    # No deadline: a consumer waits out any reconnect.
-                    connection = await link.ready(None)
+                    # No deadline: a consumer waits out any reconnect, or stop().
+                    reconnected = await self._next_connection()
+                    if reconnected is None:
+                        return False
+                    connection = reconnected
             except ConnectionClosed:
                 if link.closed_by_client:
                     return False
@@ -313,6 +351,18 @@ class Consumer:
             # a waiting pull when any other request follows it): then pull again.
             if self._stop_when_empty and loop.time() - sent_at + _CLOCK_SLACK >= self._wait:
                 return False
+
+    async def _next_connection(self) -> Connection | None:
+        """The link's next connection, or None if `stop()` comes first."""
+        ready = asyncio.ensure_future(self._link.ready(None))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not ready.done():
+                ready.cancel()
+        return ready.result() if ready.done() and not ready.cancelled() else None
 
     def _acked(self, reply: Reply, count: int) -> None:
         result = parse(AckResult, reply, "ack")
