@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 
 from cli_helpers import TIMEOUT, Cli, cli_env
-from tcpmq.client import Client
+from conftest import ADMIN_PASSWORD_HASH, USER_PASSWORD, until_pull_waits
+from tcpmq.client import Client, connect
+from tcpmq.server import Server
 
 
 class Follower:
@@ -86,7 +89,7 @@ async def test_follow_interrupted_and_resumed_prints_each_message_once(tmp_path:
         await client.close()
 
 
-async def test_follow_ends_with_the_connection(tmp_path: Path) -> None:
+async def test_follow_connects_again_after_a_restart(tmp_path: Path) -> None:
     async with cli_env(tmp_path) as cli:
         client = await cli.client()
         await client.channel_create("events")
@@ -94,14 +97,54 @@ async def test_follow_ends_with_the_connection(tmp_path: Path) -> None:
         await publish(client, 1, 1)
         follower = await Follower.start(cli)
         await follower.until(1)
-        # The server goes away while the follower long-polls.
+        await client.close()
+        # The server goes away while the follower long-polls, and comes back on its port.
+        config = replace(cli.server.config, port=cli.server.port)
         await cli.server.stop()
-        _, err = await asyncio.wait_for(follower.process.communicate(), TIMEOUT)
-        assert follower.process.returncode == 3
-        # The bye may come during the long-poll or between two calls; either way:
-        message = err.decode()
-        assert message.startswith(f"tcpmq: connection to {cli.url} closed: ")
-        assert message.endswith("server is shutting down\n") and message.count("\n") == 1
+        assert follower.process.stderr is not None
+        said = await asyncio.wait_for(follower.process.stderr.readline(), TIMEOUT)
+        assert said.decode().endswith("; connecting again\n"), said
+        restarted = Server(config, admin_password_hash=ADMIN_PASSWORD_HASH)
+        await restarted.start()
+        try:
+            said = await asyncio.wait_for(follower.process.stderr.readline(), TIMEOUT)
+            assert said == b"tcpmq: connected again\n"
+            async with connect(cli.url, token=restarted.mint_token("admin")) as again:
+                await publish(again, 2, 2)
+                await follower.until(3)
+                code, err = await follower.interrupt()
+                assert (code, err) == (0, "")
+                assert follower.ids == [1, 2, 3]
+                [queue] = await again.queue_list("events")
+                assert (queue.depth, queue.inflight) == (0, 0)
+        finally:
+            await restarted.stop()
+
+
+async def test_follow_ends_when_its_user_is_deleted(tmp_path: Path) -> None:
+    async with cli_env(tmp_path) as cli:
+        client = await cli.client()
+        await client.user_create("bob", USER_PASSWORD)
+        await client.channel_create("events")
+        bob = await connect(cli.url, user="bob", password=USER_PASSWORD)
+        await bob.subscribe("events", "q")
+        process = await cli.start(
+            "pull",
+            "events",
+            "--queue",
+            "q",
+            "--follow",
+            env={"TCPMQ_TOKEN": cli.server.mint_token("bob")},
+        )
+        await until_pull_waits(cli.server, "events", "q")
+        await client.user_delete("bob")
+        # Its queue goes (not_found, exit 5) or its connection does (bye
+        # auth_failed, exit 4), whichever it sees first: either way it ends
+        # instead of connecting again and again.
+        _, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
+        assert process.returncode in (4, 5), err
+        assert b"connecting again" not in err
+        await bob.close()
         await client.close()
 
 

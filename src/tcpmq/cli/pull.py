@@ -21,23 +21,39 @@ without waiting while messages keep coming (such a reply is always awaited,
 even after Ctrl-C), and long-polls only after a pull found the queue empty.
 Printed messages are acked before the next pull goes out, in one call per
 batch.
+
+`--follow` outlives the server: when the connection is lost it says so on
+stderr, connects again with the client library's backoff (until it works or
+Ctrl-C) and goes on. Messages pulled on the lost connection come back after
+the queue's ack timeout; a batch printed whose ack was lost may be printed
+again (delivery is at least once). Only a refusal of the credentials (the
+user deleted, the token expired) ends it, with exit code 4.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import orjson
 
-from ..client import Client
+from ..client import Backoff, Client, ConnectionClosed
+from ..errors import ErrorCode
 from ..models import Message
-from .exits import EXIT_INTERRUPTED, UsageError
+from .exits import EXIT_CONNECTION, EXIT_INTERRUPTED, CliError, UsageError
 from .output import compact, plain
 from .runner import Context
 
 FOLLOW_BATCH = 100
 FOLLOW_WAIT = 30.0
+#: How `--follow` spaces its attempts to connect again: the library's default.
+FOLLOW_BACKOFF = Backoff()
+
+_T = TypeVar("_T")
 
 
 def render(message: Message, json: bool) -> str:
@@ -125,19 +141,69 @@ async def _follow(ctx: Context, puller: _Puller, wait: float) -> int:
     # Start without waiting: a backlog is taken at once; see the module docstring.
     next_wait = 0.0
     while not ctx.stop.is_set():
-        messages = await puller.pull(next_wait)
-        if messages is None:
-            break
-        if ctx.stop.is_set():
-            await puller.give_back(messages)
-            break
-        if not messages:
-            next_wait = wait
-            continue
-        await puller.deliver(messages)
-        next_wait = 0.0
+        try:
+            messages = await puller.pull(next_wait)
+            if messages is None:
+                break
+            if ctx.stop.is_set():
+                await puller.give_back(messages)
+                break
+            if not messages:
+                next_wait = wait
+                continue
+            await puller.deliver(messages)
+            next_wait = 0.0
+        except ConnectionClosed as lost:
+            if lost.code == ErrorCode.AUTH_FAILED:
+                raise  # the user was deleted: connecting again cannot help
+            client = await _reconnect(ctx, lost)
+            if client is None:
+                break
+            puller.client = client
+            next_wait = 0.0
     # Ctrl-C is how --follow is meant to end.
     return 0
+
+
+async def _reconnect(ctx: Context, lost: ConnectionClosed) -> Client | None:
+    """A new authenticated client after `lost`, with backoff; None if a signal came first."""
+    print(f"tcpmq: {lost.message}; connecting again", file=sys.stderr, flush=True)
+    await ctx.session.close()
+    attempt = 0
+    while True:
+        attempt += 1
+        delay = FOLLOW_BACKOFF.delay(attempt, random.random())
+        if await _unless_stopped(ctx, asyncio.sleep(delay, "slept")) is None:
+            return None
+        try:
+            client = await _unless_stopped(ctx, ctx.session.client())
+        except CliError as exc:
+            if exc.code != EXIT_CONNECTION:
+                raise  # credentials refused: exit 4, as any command would
+            continue
+        except ConnectionClosed as exc:
+            if exc.code == ErrorCode.AUTH_FAILED:
+                raise
+            await ctx.session.close()  # a bye before or after the greeting
+            continue
+        if client is not None:
+            print("tcpmq: connected again", file=sys.stderr, flush=True)
+        return client
+
+
+async def _unless_stopped(ctx: Context, step: Awaitable[_T]) -> _T | None:
+    """`step`'s result, or None (the step cancelled) when Ctrl-C comes first."""
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.ensure_future(ctx.stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    return None
 
 
 async def ack(ctx: Context, args: argparse.Namespace) -> int:
