@@ -5,11 +5,13 @@ Everything runs as real processes on a store written by a real server.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from conftest import ADMIN_PASSWORD
+from conftest import ADMIN_PASSWORD, running_server
 from processes import run_cli, serve
 from tcpmq.client import connect
+from tcpmq.storage.check import check
 from test_storage import _flip_byte_in_first_publish, _three_publish_records, drain, store_dir
 
 
@@ -88,3 +90,46 @@ async def test_a_disk_too_full_for_the_zeros_ahead_still_takes_every_write(
         connect(server.url, user="admin", password=ADMIN_PASSWORD) as client,
     ):
         assert await drain(client, "c") == [f"message {n}" for n in range(50)]
+
+
+async def test_check_of_a_live_store_survives_compactions_under_it(tmp_path: Path) -> None:
+    # A compaction removes the files it folded into a snapshot; a check that
+    # listed them a moment before must list again, not fail with ENOENT.
+    storage = {"segment_bytes": 4096, "compact_min_bytes": 4096, "fsync": "never"}
+    async with running_server(tmp_path / "data", storage) as server:
+        client = await connect(
+            f"tcpmq://{server.host}:{server.port}", token=server.mint_token("admin")
+        )
+        await client.channel_create("c")
+        await client.subscribe("c", "q")
+        checks = 1000
+        compactions = 0
+
+        async def load() -> None:
+            nonlocal compactions
+            before = set(store_files(tmp_path))
+            for _ in range(checks * 10):  # bounded; ends when the checks are done
+                if done.is_set():
+                    return
+                await client.publish_batch("c", ["x" * 200] * 20)
+                messages = await client.pull("c", "q", max=20)
+                await client.ack("c", [m.id for m in messages], "q")
+                now = set(store_files(tmp_path))
+                compactions += bool(before - now)
+                before = now
+
+        done = asyncio.Event()
+        loader = asyncio.create_task(load())
+        try:
+            for _ in range(checks):
+                report = await asyncio.to_thread(check, store_dir(tmp_path / "data"))
+                assert report.ok, report.problems
+        finally:
+            done.set()
+            await loader
+        assert compactions > 0  # files did vanish under the checks
+        await client.close()
+
+
+def store_files(tmp_path: Path) -> list[str]:
+    return [p.name for p in store_dir(tmp_path / "data").iterdir()]

@@ -74,8 +74,26 @@ def _ordered_files(directory: Path) -> tuple[int | None, list[tuple[int, Path, K
     return base, ordered
 
 
+#: How many times `check` lists the files again when one it listed has gone.
+_LISTINGS = 20
+
+
 def check(directory: Path) -> CheckReport:
-    """Read the store in `directory` as a start would, changing nothing."""
+    """Read the store in `directory` as a start would, changing nothing.
+
+    On a live store a compaction may remove files between the listing and
+    their reading (it writes the snapshot first, so nothing is lost): the
+    check then starts over from a new listing.
+    """
+    for _ in range(_LISTINGS - 1):
+        try:
+            return _check_once(directory)
+        except FileNotFoundError:
+            continue
+    return _check_once(directory)
+
+
+def _check_once(directory: Path) -> CheckReport:
     report = CheckReport()
     if not directory.is_dir():
         report.problems.append(f"{directory}: no store here")
