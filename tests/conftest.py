@@ -3,12 +3,18 @@
 Every test that needs a broker gets its own, bound to port 0 with a fresh data
 directory; `Server.start()` returns once the socket listens, so no test waits
 by sleeping.
+
+Setups: a test marked `every_store` runs once per backend; one also marked
+`over_tls` runs a third time, over TLS on the memory store (the wire is the
+same on both stores, and the suite stays within its time). `open_raw` and
+`open_wire` connect as the current test's transport says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -19,8 +25,10 @@ import pytest
 import uvloop
 
 from tcpmq.auth import hash_password
-from tcpmq.config import Limits, ServerConfig, StorageConfig
+from tcpmq.config import Limits, ServerConfig, StorageConfig, TlsConfig
 from tcpmq.server import Server
+from tls_files import TlsFiles, make_tls_files
+from tls_stream import open_tls_stream
 
 ADMIN_PASSWORD = "admin-test-password"
 USER_PASSWORD = "user-test-password"
@@ -56,6 +64,9 @@ def pytest_asyncio_loop_factories(
 # The backends a test marked `every_store` runs against (see `store` below).
 STORES = ("log", "memory")
 _current_store = "log"
+# "tcp", or "tls" for a test's `over_tls` run (see `transport` below).
+_current_transport = "tcp"
+_tls_files: TlsFiles | None = None
 
 
 @pytest.fixture(autouse=True)
@@ -67,15 +78,43 @@ def store(request: pytest.FixtureRequest) -> Iterator[str]:
     _current_store = "log"
 
 
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and localhost, a client certificate."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(autouse=True)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """How servers of this test listen and raw wires connect: "tcp", or "tls" (`over_tls`)."""
+    global _current_transport, _tls_files
+    _current_transport = getattr(request, "param", "tcp")
+    if _current_transport == "tls":
+        _tls_files = request.getfixturevalue("tls_files")
+    yield _current_transport
+    _current_transport = "tcp"
+    _tls_files = None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # The protocol suite runs against every backend, so a new backend only has to pass it.
+    # The protocol suite runs against every backend, so a new backend only has to pass it;
+    # and over TLS, so the ordering and closing rules hold there too.
     if metafunc.definition.get_closest_marker("every_store"):
-        metafunc.parametrize("store", STORES, indirect=True)
+        setups = [("log", "tcp"), ("memory", "tcp")]
+        ids = ["log", "memory"]
+        if metafunc.definition.get_closest_marker("over_tls"):
+            setups.append(("memory", "tls"))
+            ids.append("memory-tls")
+        metafunc.parametrize(("store", "transport"), setups, indirect=True, ids=ids)
 
 
 def make_config(
     data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
 ) -> ServerConfig:
+    tls = None
+    if _current_transport == "tls":
+        assert _tls_files is not None
+        tls = TlsConfig(_tls_files.server_pem, _tls_files.server_pem)
     return ServerConfig(
         host="127.0.0.1",
         port=0,
@@ -83,7 +122,29 @@ def make_config(
         store=_current_store,
         limits=Limits(**limits),
         storage=StorageConfig(**(storage or {})),
+        tls=tls,
     )
+
+
+def client_tls() -> ssl.SSLContext | None:
+    """The client context the current test's transport needs (None: plain TCP)."""
+    if _current_transport != "tls":
+        return None
+    assert _tls_files is not None
+    return _tls_files.client_context()
+
+
+async def open_raw(
+    host: str, port: int, *, limit: int = 16 * 1024 * 1024
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection (as nc, or openssl s_client over TLS) on the current test's transport.
+
+    Over TLS, `writer.write_eof()` sends close_notify and reading goes on (see tls_stream.py).
+    """
+    tls = client_tls()
+    if tls is None:
+        return await asyncio.open_connection(host, port, limit=limit)
+    return await open_tls_stream(host, port, tls, limit=limit)
 
 
 @asynccontextmanager
@@ -195,7 +256,7 @@ class Wire:
 
 @asynccontextmanager
 async def open_wire(server: Server, *, limit: int = 16 * 1024 * 1024) -> AsyncIterator[Wire]:
-    reader, writer = await asyncio.open_connection(server.host, server.port, limit=limit)
+    reader, writer = await open_raw(server.host, server.port, limit=limit)
     wire = Wire(reader, writer)
     try:
         wire.hello = await wire.recv()

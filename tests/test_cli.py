@@ -395,7 +395,7 @@ async def test_ping_and_connection_errors(tmp_path: Path) -> None:
         await cli.fails(CONNECTION, "channel", "list", env={"TCPMQ_URL": closed})
 
         line = await cli.fails(USAGE, "ping", "--url", "http://example.com")
-        assert line == "tcpmq: not a tcpmq:// URL: 'http://example.com'"
+        assert line == "tcpmq: not a tcpmq:// or tcpmqs:// URL: 'http://example.com'"
         line = await cli.fails(USAGE, "channel", "add")
         assert line == (
             "tcpmq: channel add: the following arguments are required: NAME "

@@ -35,7 +35,7 @@ def test_an_address_may_leave_out_the_scheme() -> None:
     assert parse_address("localhost") == Address("localhost", 7878)
     assert parse_address("[::1]:7879") == Address("::1", 7879)
     assert parse_address("tcpmq://h:1") == Address("h", 1)
-    with pytest.raises(ValueError, match="not a tcpmq:// URL"):
+    with pytest.raises(ValueError, match="not a tcpmq:// or tcpmqs:// URL"):
         parse_address("http://127.0.0.1:7878")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import open_user_wire, running_server, until_pull_waits
 
-pytestmark = pytest.mark.every_store
+pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 BYE = {"event": "bye", "error": {"code": "shutting_down", "message": "server is shutting down"}}
 

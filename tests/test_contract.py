@@ -32,7 +32,7 @@ from tcpmq.config import Limits
 from tcpmq.errors import BadRequest, TcpmqError
 from tcpmq.info import server_info
 
-pytestmark = pytest.mark.every_store
+pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "protocol.md"
 MAX_DEPTH = 128  # protocol.md, "Nesting"

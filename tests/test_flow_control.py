@@ -10,7 +10,7 @@ import pytest
 
 from conftest import Wire, open_user_wire, open_wire, running_server
 
-pytestmark = pytest.mark.every_store
+pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 HIGH = 64 * 1024
 # Well past what loopback socket buffers on both sides can absorb, so the

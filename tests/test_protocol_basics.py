@@ -20,13 +20,14 @@ from conftest import (
     REPLY_TIMEOUT,
     Wire,
     expect_error,
+    open_raw,
     open_user_wire,
     open_wire,
     running_server,
 )
 from tcpmq.server import Server
 
-pytestmark = pytest.mark.every_store
+pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 # The ops of protocol.md that need an authenticated connection.
 AUTHENTICATED_OPS = sorted(PROTOCOL_OPS - PRE_AUTH_OPS)
@@ -57,7 +58,7 @@ def padded_ping(size: int, ending: bytes = b"\n") -> bytes:
 
 
 async def test_greeting_is_exactly_the_documented_hello(server: Server) -> None:
-    reader, writer = await asyncio.open_connection(server.host, server.port)
+    reader, writer = await open_raw(server.host, server.port)
     wire = Wire(reader, writer)
     try:
         line = await wire.recv_line()

@@ -27,12 +27,14 @@ from conftest import (
     create_user,
     expect_error,
     make_config,
+    open_raw,
     open_user_wire,
     open_wire,
     running_server,
 )
 from tcpmq.server import Server
 
+# The tests about the connection rather than an op also run over TLS (`over_tls`).
 pytestmark = pytest.mark.every_store
 
 # The fields each op documents (publish takes exactly one of data/messages).
@@ -219,6 +221,7 @@ async def test_login_switches_the_user(alice: Wire) -> None:
     await alice.ok("user.list")
 
 
+@pytest.mark.over_tls
 async def test_login_token_authenticates_a_new_connection(server: Server, wire: Wire) -> None:
     login = await wire.ok("login", user="admin", password=ADMIN_PASSWORD)
     async with open_wire(server) as other:
@@ -619,6 +622,7 @@ async def test_cannot_delete_the_last_admin(server: Server, admin: Wire) -> None
         assert [u["name"] for u in (await root.ok("user.list"))["users"]] == ["root"]
 
 
+@pytest.mark.over_tls
 async def test_user_delete_ends_the_users_connections(
     server: Server, admin: Wire, alice: Wire
 ) -> None:
@@ -634,6 +638,7 @@ async def test_user_delete_ends_the_users_connections(
     await admin.ok("ping")
 
 
+@pytest.mark.over_tls
 async def test_admin_deleting_itself_gets_its_reply_then_bye(server: Server, admin: Wire) -> None:
     await create_user(admin, "root", role="admin")
     assert await admin.call("user.delete", name="admin", id="self") == {"ok": True, "id": "self"}
@@ -1374,13 +1379,14 @@ async def test_max_connections_per_user(tmp_path: Path) -> None:
         assert (await second.ok("auth", token=srv.mint_token("alice")))["user"] == "alice"
 
 
+@pytest.mark.over_tls
 async def test_max_connections(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_connections=2) as srv,
         open_wire(srv),
         open_user_wire(srv, "admin"),
     ):
-        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        reader, writer = await open_raw(srv.host, srv.port)
         third = Wire(reader, writer)
         try:
             bye = await third.recv()
@@ -1441,6 +1447,7 @@ async def test_logins_beyond_max_concurrent_logins_wait_their_turn(tmp_path: Pat
         assert await asyncio.gather(*(login() for _ in range(4))) == ["admin"] * 4
 
 
+@pytest.mark.over_tls
 async def test_pull_reply_is_capped_at_the_frame_size(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_frame_bytes=1024) as srv,
@@ -1465,6 +1472,7 @@ async def test_pull_reply_is_capped_at_the_frame_size(tmp_path: Path) -> None:
         assert message["data"] == big
 
 
+@pytest.mark.over_tls
 async def test_auth_timeout(tmp_path: Path) -> None:
     async with running_server(tmp_path / "data", auth_timeout=0.3) as srv:
         async with open_wire(srv) as idle:
@@ -1480,6 +1488,7 @@ async def test_auth_timeout(tmp_path: Path) -> None:
             assert (await active.ok("whoami"))["user"] == "admin"
 
 
+@pytest.mark.over_tls
 async def test_typing_keeps_an_unauthenticated_connection_open_up_to_a_limit(
     tmp_path: Path,
 ) -> None:
@@ -1503,6 +1512,7 @@ async def test_typing_keeps_an_unauthenticated_connection_open_up_to_a_limit(
         expect_error({"ok": False, **line}, "unauthenticated")
 
 
+@pytest.mark.over_tls
 async def test_shutdown_says_bye(tmp_path: Path) -> None:
     srv = Server(make_config(tmp_path / "data"), admin_password=ADMIN_PASSWORD)
     await srv.start()

@@ -23,13 +23,14 @@ from conftest import (
     Wire,
     create_user,
     expect_error,
+    open_raw,
     open_user_wire,
     open_wire,
     running_server,
 )
 from tcpmq.server import Server
 
-pytestmark = pytest.mark.every_store
+pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 # How long a reply that should come at once may take on a slow machine.
 PROMPT = 5.0
@@ -225,7 +226,7 @@ SCRIPT: list[tuple[bytes, dict[str, Any]]] = [
 
 @pytest.mark.parametrize("pipelined", [False, True], ids=["one-by-one", "pipelined"])
 async def test_the_ten_operations_as_one_script(server: Server, pipelined: bool) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    reader, writer = await open_raw("127.0.0.1", server.port)
     wire = Wire(reader, writer)
     try:
         assert_subset({"event": "hello", "server": "tcpmq", "protocol": 1}, await wire.recv())

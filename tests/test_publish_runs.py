@@ -18,7 +18,7 @@ import pytest
 from conftest import Wire, expect_error, open_user_wire, running_server
 from tcpmq.server import Server
 
-pytestmark = pytest.mark.every_store
+pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 
 def _publish(channel: str, data: Any, rid: int | None = None) -> bytes:

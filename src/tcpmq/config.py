@@ -101,6 +101,21 @@ class StorageConfig:
             raise ValueError("segment_bytes and compact_min_bytes must be at least 4096")
 
 
+class ConfigError(ValueError):
+    """A setting the server refuses to start with (`tcpmq serve` exits 2 on it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS on the main listener (see tls.py): the server's certificate chain
+    and key (PEM files), and with `client_ca` the CAs whose certificates
+    clients must present (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
 #: The backends `--store` can name: "log" keeps the state in the data dir's
 #: journal (durable), "memory" keeps it only in the process (lost on restart).
 STORES = ("log", "memory")
@@ -116,7 +131,19 @@ class ServerConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     # Seconds a graceful shutdown waits for connections before closing them.
     shutdown_grace: float = 5.0
+    # TLS on the main listener; None serves it in clear text.
+    tls: TlsConfig | None = None
+    # A second, clear-text listener (host, port) beside a TLS one, for nc.
+    plain_listen: tuple[str, int] | None = None
+    # Clear text is refused on any address but loopback unless this is set:
+    # passwords and tokens would cross the network readable (see exposure.py).
+    allow_plaintext: bool = False
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.plain_listen is not None and self.tls is None:
+            raise ConfigError(
+                "a plain listener is only needed beside a TLS one: the main listener "
+                "is plain already without TLS"
+            )

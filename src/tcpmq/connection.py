@@ -41,9 +41,11 @@ server closes the connection (shutdown, user deleted, auth timeout) or when a
 frame is too large. In it no new request is read; a waiting pull is answered
 at once (an empty list); at EOF the requests already read are still handled.
 Every reply made is then sent, those waiting for the disk included, before
-the `bye` (if any) and the close. Nothing relies on the transport staying
-open after EOF (a TLS transport does not): at EOF the backend is asked to
-make its changes durable on the spot, and the replies go out at once.
+the `bye` (if any) and the close. Over TLS the transport is a `TlsLayer`
+(tlslayer.py), which stays open after the client's close_notify or FIN as
+TCP does after a FIN, so a reply made later (a login's) still goes out. At
+EOF the backend is asked to make its changes durable on the spot, so the
+replies waiting for the disk go out at once rather than after a sync.
 """
 
 from __future__ import annotations
@@ -188,9 +190,8 @@ class Connection(asyncio.Protocol):
         if self._pending is not None:
             self._pending.stop_waiting()  # may complete it, and so resume
         self._resume()
-        # True keeps a plain TCP transport open for what still runs (a
-        # login's hash); a TLS transport closes regardless, which is why
-        # _finish does not wait for the disk.
+        # True keeps the transport open for what still runs (a login's
+        # hash); TCP and our TlsLayer both honour it.
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -500,8 +501,8 @@ class Connection(asyncio.Protocol):
     def _finish(self) -> None:
         """EOF and every request answered: send the replies now, then close.
 
-        The transport may not stay open for the disk (TLS closes after EOF),
-        so the backend makes its changes durable on the spot.
+        Rather than wait for the next sync, the backend makes its changes
+        durable on the spot, and the held replies go out with the close.
         """
         if self._held:
             self._commits.sync_now()

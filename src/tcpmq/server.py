@@ -11,6 +11,12 @@ Backends (`ServerConfig.store`): `log` recovers the broker's state from the
 data dir's journal and journals every change; `memory` keeps everything,
 users and the token secret included, in the process only.
 
+Listeners: the main one (`host`, `port`) speaks TLS when `ServerConfig.tls`
+is set (through a `TlsLayer` per client, see tlslayer.py), clear text
+otherwise; `plain_listen` adds a clear-text one beside TLS, for nc. Both
+serve the same App. Clear text on a non-loopback address is refused before
+anything is bound unless `allow_plaintext` is set (exposure.py).
+
 Shutdown order: stop accepting, close every connection (a waiting pull gets
 its empty reply, then `bye`), make the backend durable (which releases
 replies waiting for the disk), give the connections `shutdown_grace` seconds
@@ -24,6 +30,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 import time
 
@@ -35,9 +42,12 @@ from .connection import Connection
 from .datadir import DataDirLock
 from .deadlines import DeadlineTimer
 from .errors import InternalError, ShuttingDown
+from .exposure import refuse_exposed_plaintext
 from .passwords import PasswordPool
 from .registry import Connections
 from .storage import DiskStore
+from .tls import server_context
+from .tlslayer import Handshakes, TlsLayer
 from .users import FileUserDirectory, MemoryUserDirectory, UserDirectory
 
 log = logging.getLogger(__name__)
@@ -69,10 +79,14 @@ class Server:
         self._admin_password_hash = admin_password_hash
         self.connections = Connections(config.limits)
         self._passwords = PasswordPool(config.limits.max_concurrent_logins)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._tls: ssl.SSLContext | None = None
+        self._handshakes = Handshakes(config.limits.max_connections)
         self._deadlines: DeadlineTimer | None = None
         self.host = config.host
         self.port = config.port
+        #: Where the clear-text listener beside TLS listens (`plain_listen`), once started.
+        self.plain_address: tuple[str, int] | None = None
         self.app: App
         #: Set when the store failed to write; the server stops.
         self.failure: BaseException | None = None
@@ -97,8 +111,13 @@ class Server:
         if needed, listen.
 
         Raises:
+            ConfigError: clear text on a non-loopback address without
+                `allow_plaintext`, or unusable TLS files (before anything is bound).
             DataDirInUse: another process holds the data dir (log store only).
         """
+        refuse_exposed_plaintext(self.config)
+        if self.config.tls is not None:
+            self._tls = server_context(self.config.tls)
         if self.config.store != "memory":
             # Before anything in the data dir is read or created: a second broker changes nothing.
             self._lock.acquire()
@@ -158,12 +177,41 @@ class Server:
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
-        self._server = await loop.create_server(
-            self.new_connection, config.host, config.port, backlog=1024
+        await self._listen(loop)
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        config = self.config
+        main = await loop.create_server(self._main_protocol, config.host, config.port, backlog=1024)
+        self._servers.append(main)
+        self.host, self.port = main.sockets[0].getsockname()[:2]
+        if config.plain_listen is not None:
+            host, port = config.plain_listen
+            try:
+                plain = await loop.create_server(self.new_connection, host, port, backlog=1024)
+            except BaseException:
+                main.close()  # no half-started server
+                raise
+            self._servers.append(plain)
+            self.plain_address = plain.sockets[0].getsockname()[:2]
+        # One line, which tests and scripts wait for: "tcpmq listening on HOST:PORT ...".
+        also = ""
+        if self.plain_address is not None:
+            also = ", and in clear text on {}:{}".format(*self.plain_address)
+        log.info("tcpmq listening on %s:%d (%s)%s", self.host, self.port, self._security(), also)
+
+    def _security(self) -> str:
+        if self.config.tls is None:
+            return "clear text, no TLS"
+        if self.config.tls.client_ca_file is not None:
+            return "TLS 1.2+, client certificates required"
+        return "TLS 1.2+"
+
+    def _main_protocol(self) -> asyncio.Protocol:
+        if self._tls is None:
+            return self.new_connection()
+        return TlsLayer(
+            self._tls, self.new_connection, self._handshakes, self.config.limits.auth_timeout
         )
-        sockname = self._server.sockets[0].getsockname()
-        self.host, self.port = sockname[0], sockname[1]
-        log.info("tcpmq listening on %s:%d", self.host, self.port)
 
     async def _create_first_admin(self, users: UserDirectory) -> None:
         if self._admin_password_hash is not None:
@@ -190,8 +238,9 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, say bye to every connection, wait up to the grace period."""
-        if self._server is not None:
-            self._server.close()
+        for listener in self._servers:
+            listener.close()
+        self._handshakes.abort_all()
         self.connections.close_all(ShuttingDown("server is shutting down"))
         if hasattr(self, "app"):
             # Makes everything durable, which also sends replies still waiting for it.
@@ -202,9 +251,9 @@ class Server:
             log.warning("%d connections still open after the grace period", len(self.connections))
         for connection in list(self.connections.open):
             connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for listener in self._servers:
+            await listener.wait_closed()
+        self._servers = []
         if self._deadlines is not None:
             self._deadlines.cancel()
         self._passwords.close()
@@ -229,8 +278,8 @@ class Server:
     def _storage_failed(self, exc: BaseException) -> None:
         # Nothing more can be made durable: refuse everything and stop.
         self.failure = exc
-        if self._server is not None:
-            self._server.close()
+        for listener in self._servers:
+            listener.close()
         failed = InternalError("the broker's store failed; the server is stopping")
         for connection in list(self.connections.open):
             connection.fail(failed)

@@ -158,7 +158,27 @@ def add_common_options(
     group.add_argument(
         "--url",
         default=default(None),
-        help="server, [tcpmq://]HOST[:PORT] (default: $TCPMQ_URL, else tcpmq://127.0.0.1:7878)",
+        help="server, [tcpmq://]HOST[:PORT], or tcpmqs://HOST[:PORT] for TLS "
+        "(default: $TCPMQ_URL, else tcpmq://127.0.0.1:7878)",
+    )
+    group.add_argument(
+        "--ca",
+        default=default(None),
+        metavar="FILE",
+        help="with tcpmqs://, trust the CAs in this PEM file instead of the system's "
+        "(default: $TCPMQ_CA)",
+    )
+    group.add_argument(
+        "--cert",
+        default=default(None),
+        metavar="FILE",
+        help="with tcpmqs://, present this PEM client certificate (default: $TCPMQ_CERT)",
+    )
+    group.add_argument(
+        "--key",
+        default=default(None),
+        metavar="FILE",
+        help="the client certificate's PEM key, if not in --cert (default: $TCPMQ_KEY)",
     )
     if credentials:
         group.add_argument(
@@ -197,7 +217,9 @@ def build_parser(*, shell: bool = False, run_shell: LocalCommand | None = None) 
     parser.add_argument("--version", action="version", version=f"tcpmq {__version__}")
     if not shell:
         add_common_options(parser, shell=False, leaf=False)
-        parser.set_defaults(json=False, url=None, token=None, user=None, timeout=10.0)
+        parser.set_defaults(
+            json=False, url=None, ca=None, cert=None, key=None, token=None, user=None, timeout=10.0
+        )
     else:
         parser.set_defaults(json=False)
     table = Table(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), shell)

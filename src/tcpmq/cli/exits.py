@@ -7,10 +7,12 @@ traceback. Scripts branch on the code; people read the line.
 
 from __future__ import annotations
 
+import ssl
 import sys
 
 from ..client import ConnectionClosed
 from ..errors import ErrorCode, TcpmqError
+from ..tls import describe_ssl_error
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -60,6 +62,8 @@ def describe(exc: BaseException, url: str) -> tuple[int, str]:
         return _BY_CODE.get(exc.code, EXIT_ERROR), f"{exc.code}: {exc.message}"
     if isinstance(exc, TimeoutError):
         return EXIT_CONNECTION, f"no reply from {url} in time"
+    if isinstance(exc, ssl.SSLError):
+        return EXIT_CONNECTION, f"TLS with {url} failed: {describe_ssl_error(exc)}"
     if isinstance(exc, OSError):
         # Failing to connect is reported by the session; this is a local file.
         where = f": {exc.filename}" if exc.filename else ""

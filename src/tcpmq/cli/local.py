@@ -19,9 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_PORT, STORES, Limits, ServerConfig, StorageConfig, default_data_dir
+from ..config import (
+    DEFAULT_PORT,
+    STORES,
+    ConfigError,
+    Limits,
+    ServerConfig,
+    StorageConfig,
+    TlsConfig,
+    default_data_dir,
+)
 from ..errors import TcpmqError
-from .exits import EXIT_ERROR, EXIT_OK
+from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 
 def _limit_flag(name: str) -> str:
@@ -74,6 +83,38 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS (see protocol.md, TLS)")
+    group.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve TLS with this PEM certificate chain"
+    )
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="its PEM private key")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require client certificates signed by these PEM CAs (mutual TLS)",
+    )
+    group.add_argument(
+        "--plain-listen",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="also listen in clear text here, for nc (loopback only without --allow-plaintext)",
+    )
+    group.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="allow clear text on a non-loopback address (passwords and tokens readable)",
+    )
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     serve = commands.add_parser(
         "serve",
@@ -97,6 +138,7 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
         choices=["text", "json"],
         help="text lines (default), or one JSON object per line",
     )
+    _add_tls_flags(serve)
     _add_storage_flags(serve)
     _add_limit_flags(serve)
     serve.set_defaults(local=_guarded(_serve))
@@ -164,6 +206,13 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 def _config(args: argparse.Namespace) -> ServerConfig:
     values = {f.name: getattr(args, f"limit_{f.name}") for f in dataclasses.fields(Limits)}
     limits = Limits(**values)
+    tls = None
+    if args.tls_cert is not None or args.tls_key is not None:
+        if args.tls_cert is None or args.tls_key is None:
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    elif args.tls_client_ca is not None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -176,6 +225,9 @@ def _config(args: argparse.Namespace) -> ServerConfig:
             segment_bytes=args.segment_bytes,
             compact_min_bytes=args.compact_min_bytes,
         ),
+        tls=tls,
+        plain_listen=args.plain_listen,
+        allow_plaintext=args.allow_plaintext,
     )
 
 
@@ -191,7 +243,10 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    config = _config(args)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        return _refused(exc)
     server = Server(config)
     try:
         import uvloop
@@ -201,6 +256,8 @@ def _serve(args: argparse.Namespace) -> int:
         run = uvloop.run
     try:
         run(server.serve_until_signalled())
+    except ConfigError as exc:
+        return _refused(exc)
     except FormatError as exc:
         # Damage is never skipped silently: say where it is and what to run.
         print(
@@ -211,6 +268,11 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _refused(exc: ConfigError) -> int:
+    print(f"tcpmq: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _data_dir(args: argparse.Namespace) -> Path:

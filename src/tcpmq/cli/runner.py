@@ -109,7 +109,7 @@ def silence_stdout() -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run one command against the server on a loop of its own (the command line)."""
-    session = Session(args.url, token=args.token, user=args.user, timeout=args.timeout)
+    session = Session.from_args(args)
     with new_runner() as runner:
         ctx = Context(session, Output(json=args.json))
         return runner.run(execute(ctx, args))

@@ -12,18 +12,29 @@ server closes a connection that has not authenticated within its
 `auth_timeout`. A command connects once; the shell keeps its session for its
 whole life and connects again, with the same credentials, if the connection
 was lost.
+
+TLS (`tcpmqs://` URLs): `--ca`, `--cert` and `--key`, else `TCPMQ_CA`,
+`TCPMQ_CERT` and `TCPMQ_KEY`. The options with a `tcpmq://` URL are a
+usage error (they would be ignored and the password sent in clear text);
+the variables are only read for a `tcpmqs://` URL, so one set for a TLS
+broker does not get in the way of a local plain one. The settings are
+checked, and their files read, before anything else happens.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import ssl
 import time
 from dataclasses import dataclass
 
 from ..client import DEFAULT_URL, Client, ConnectFailed, ConnectionClosed, connect
-from ..client.url import parse_address
+from ..client.tls import client_context
+from ..client.url import parse_typed_address
 from ..errors import AuthFailed
 from ..models import Identity, LoginResult
+from ..tls import describe_ssl_error
 from .credentials import CredentialStore
 from .exits import EXIT_AUTH, EXIT_CONNECTION, CliError, UsageError
 from .prompts import ask_password
@@ -32,7 +43,8 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def canonical_url(url: str) -> str:
-    """`url` as `tcpmq://host:port`, so that one server has one key in the credentials file.
+    """`url` as `tcpmq://host:port` (or `tcpmqs://`), so that one server has one key
+    in the credentials file.
 
     `url` may leave out the scheme (`127.0.0.1:7878`): the command line takes it as typed.
 
@@ -40,12 +52,12 @@ def canonical_url(url: str) -> str:
         UsageError: not a tcpmq URL.
     """
     try:
-        host, port = parse_address(url)
+        (host, port), tls = parse_typed_address(url)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if ":" in host:
         host = f"[{host}]"
-    return f"tcpmq://{host}:{port}"
+    return f"{'tcpmqs' if tls else 'tcpmq'}://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +81,16 @@ class Session:
         user: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         store: CredentialStore | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
         if token is not None and user is not None:
             raise UsageError("give --token or --user, not both")
         if timeout <= 0:
             raise UsageError("--timeout must be positive")
         self.url = canonical_url(url or os.environ.get("TCPMQ_URL") or DEFAULT_URL)
+        self.tls = _tls_settings(self.url, ca, cert, key)
         self.store = store if store is not None else CredentialStore()
         self.timeout = timeout
         #: Who the connection is authenticated as, once it is.
@@ -84,10 +100,23 @@ class Session:
         self._credentials: Credentials | None = None
         self._client: Client | None = None
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Session:
+        """The session the command line's connection options describe."""
+        return cls(
+            args.url,
+            token=args.token,
+            user=args.user,
+            timeout=args.timeout,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+        )
+
     @property
     def host_port(self) -> str:
         """`host:port` of the server, for prompts and messages."""
-        return self.url.removeprefix("tcpmq://")
+        return self.url.partition("://")[2]
 
     def credentials(self) -> Credentials:
         """The credentials to use, asking for a password if `--user` was given.
@@ -163,11 +192,21 @@ class Session:
 
     async def _connect(self) -> Client:
         try:
-            return await connect(self.url, timeout=self.timeout, anonymous=True)
+            return await connect(
+                self.url, timeout=self.timeout, ssl_context=self.tls, anonymous=True
+            )
         except TimeoutError:
-            raise CliError(f"cannot connect to {self.url}: timed out", EXIT_CONNECTION) from None
-        except ConnectFailed as exc:
-            reason = (exc.strerror or exc.message).lower()
+            # A TLS broker waits for a handshake and greets a tcpmq:// client with silence.
+            hint = "" if self.tls is not None else " (if the broker serves TLS, use tcpmqs://)"
+            raise CliError(
+                f"cannot connect to {self.url}: timed out{hint}", EXIT_CONNECTION
+            ) from None
+        except ssl.SSLError as exc:
+            raise CliError(
+                f"cannot connect to {self.url}: TLS: {describe_tls_failure(exc)}", EXIT_CONNECTION
+            ) from None
+        except (ConnectFailed, OSError) as exc:
+            reason = (exc.strerror or type(exc).__name__).lower()
             raise CliError(f"cannot connect to {self.url}: {reason}", EXIT_CONNECTION) from None
 
     async def _authenticate(self, client: Client, credentials: Credentials) -> None:
@@ -213,3 +252,47 @@ class Session:
             await self._client.close()
             self._client = None
             self.identity = None
+
+
+def _tls_settings(
+    url: str, ca: str | None, cert: str | None, key: str | None
+) -> ssl.SSLContext | None:
+    """The TLS context for `url` (None for `tcpmq://`); see the module's docstring.
+
+    Raises:
+        UsageError: TLS options with a `tcpmq://` URL, or unusable TLS files.
+    """
+    tls = url.startswith("tcpmqs://")
+    if not tls:
+        given = [flag for flag, value in (("--ca", ca), ("--cert", cert), ("--key", key)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} need a tcpmqs:// URL, not {url}")
+        return None
+    try:
+        return client_context(
+            tls=True,
+            ca=ca or os.environ.get("TCPMQ_CA") or None,
+            cert=cert or os.environ.get("TCPMQ_CERT") or None,
+            key=key or os.environ.get("TCPMQ_KEY") or None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def describe_tls_failure(exc: ssl.SSLError) -> str:
+    """Why a TLS connection failed, with what to check for the common reasons."""
+    reason = describe_ssl_error(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return f"{reason} (the server's certificate is for another name)"
+        return f"{reason} (is the server's CA trusted? see --ca)"
+    if "certificate required" in reason:
+        return f"{reason} (the server wants a client certificate: --cert, --key)"
+    if "wrong version number" in reason or "record layer failure" in reason:
+        return f"{reason} (does the server speak TLS on this port?)"
+    return reason
+
+
+# X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the
+# certificate does not name the host or address connected to.
+_NAME_MISMATCH = frozenset({62, 64})

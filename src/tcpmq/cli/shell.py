@@ -308,7 +308,7 @@ async def _open(session: Session) -> int:
 
 def run_shell(args: argparse.Namespace) -> int:
     """Run the shell until `exit`, `quit` or EOF; returns the last command's exit code."""
-    session = Session(args.url, token=args.token, user=args.user, timeout=args.timeout)
+    session = Session.from_args(args)
     with new_runner() as runner:
         shell = Shell(runner, session, build_parser(shell=True))
         code = shell.run(_open(session))

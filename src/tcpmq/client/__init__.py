@@ -7,7 +7,8 @@ module per job:
 
 | module | job |
 |---|---|
-| `url.py` | `tcpmq://host:port` URLs |
+| `url.py` | `tcpmq://host:port` and `tcpmqs://host:port` (TLS) URLs |
+| `tls.py` | the TLS settings of a `tcpmqs://` connection |
 | `errors.py` | `ConnectFailed`, `ConnectionClosed` (not sent), `ConnectionLost` (outcome unknown) |
 | `connection.py` | one TCP connection: pipelined requests, in-order replies, deadlines |
 | `reconnect.py` | `Link`, the connection of the moment: requests, backoff, re-authentication |
@@ -17,6 +18,7 @@ module per job:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any
@@ -26,7 +28,8 @@ from .connection import MAX_REPLY_BYTES, open_connection
 from .consume import Consumer, Delivery
 from .errors import ConnectFailed, ConnectionClosed, ConnectionLost
 from .reconnect import Backoff, Link
-from .url import DEFAULT_URL, Address, parse_url
+from .tls import PathLike, client_context
+from .url import DEFAULT_URL, Address, parse_server_url, parse_url
 
 __all__ = [
     "DEFAULT_URL",
@@ -57,8 +60,10 @@ class Connecting:
         password: str | None,
         timeout: float,
         backoff: Backoff | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._address = address
+        self._tls = tls
         self._token = token
         self._user = user
         self._password = password
@@ -83,7 +88,7 @@ class Connecting:
             await self._client.close()
 
     async def _open(self) -> Client:
-        connection = await open_connection(self._address, self._timeout)
+        connection = await open_connection(self._address, self._timeout, self._tls)
         client = Client(Link(connection, self._timeout, backoff=self._backoff))
         try:
             if self._token is not None:
@@ -105,6 +110,10 @@ def connect(
     timeout: float = 10.0,
     reconnect: bool | Backoff = False,
     anonymous: bool = False,
+    ca: PathLike | None = None,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Connecting:
     """Open a connection to a tcpmq server, authenticating if credentials are given.
 
@@ -115,6 +124,13 @@ def connect(
     it must be asked for with `anonymous=True` (to authenticate later, or to
     check that a server answers); forgetting the credentials fails at once.
     `timeout` bounds the TCP connect, the greeting, and each later call.
+
+    A `tcpmqs://` URL connects over TLS (1.2 or later): the server's
+    certificate must be signed by a CA of the system's trust store, or of
+    the PEM file `ca`, and name the URL's host. `cert` and `key` (PEM files;
+    `key` may be left out when `cert` holds it) present a client certificate
+    to a server that requires one. `ssl_context` replaces all three with a
+    context of the caller's own. Reconnects use the same settings.
 
     With `reconnect` (True for the default `Backoff`, or a `Backoff`), a lost
     connection is replaced: after a backoff delay the client connects again
@@ -129,15 +145,20 @@ def connect(
     fails, `connect()` raises. Reconnects are logged to `tcpmq.client.reconnect`.
 
     Raises:
-        ValueError: a malformed URL, or conflicting, incomplete or missing
-            credentials (raised at once, before connecting).
+        ValueError: a malformed URL, conflicting, incomplete or missing
+            credentials, TLS options with a `tcpmq://` URL, or TLS files that
+            cannot be read or are not PEM (raised at once, before connecting).
         ConnectFailed: the TCP connection could not be made (a `TcpmqError`
             and an `OSError`).
+        ssl.SSLError: the TLS handshake failed: the server's certificate is
+            not trusted or does not name the host (`ssl.SSLCertVerificationError`),
+            or the server refused the client's certificate.
         TimeoutError: the server did not answer within `timeout`.
         ConnectionClosed: the server sent `bye` instead of its greeting.
         AuthFailed: the token or the user and password were refused.
     """
-    address = parse_url(url)
+    address, tls = parse_server_url(url)
+    tls_context = client_context(tls=tls, ca=ca, cert=cert, key=key, ssl_context=ssl_context)
     if token is not None and (user is not None or password is not None):
         raise ValueError("give either a token or a user and password, not both")
     if (user is None) != (password is None):
@@ -157,5 +178,11 @@ def connect(
     elif reconnect:
         backoff = Backoff()
     return Connecting(
-        address, token=token, user=user, password=password, timeout=timeout, backoff=backoff
+        address,
+        token=token,
+        user=user,
+        password=password,
+        timeout=timeout,
+        backoff=backoff,
+        tls=tls_context,
     )

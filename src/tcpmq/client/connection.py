@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -89,8 +90,11 @@ class Connection:
         address: Address,
         server_info: dict[str, Any],
         timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = address
+        #: The TLS settings it was opened with (None: plain TCP); a reconnect reuses them.
+        self.tls = tls
         #: The server's `hello` greeting (`server`, `version`, `protocol`, ...).
         self.server_info = server_info
         #: Bounds `close()`; calls carry their own deadlines.
@@ -370,20 +374,31 @@ def _has_non_finite(value: object) -> bool:
     return False
 
 
-async def open_connection(address: Address, time_limit: float) -> Connection:
-    """Connect and read the greeting; `time_limit` seconds bound each of the two steps.
+async def open_connection(
+    address: Address, time_limit: float, tls: ssl.SSLContext | None = None
+) -> Connection:
+    """Connect (with `tls`, over TLS, checking the certificate names the host)
+    and read the greeting; `time_limit` seconds bound each of the two steps.
 
     Raises:
         ConnectFailed: the TCP connection could not be made.
+        ssl.SSLError: the TLS handshake failed (an OSError too); a server
+            that refuses the client's certificate may only say so at the
+            greeting, in TLS 1.3.
         TimeoutError: no connection or no greeting in time.
         ConnectionClosed: the server sent `bye` instead of its greeting.
     """
     host, port = address
     try:
         async with asyncio.timeout(time_limit):
-            reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY_BYTES)
-    except TimeoutError:
-        raise
+            if tls is None:
+                reader, writer = await asyncio.open_connection(host, port, limit=MAX_REPLY_BYTES)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    host, port, limit=MAX_REPLY_BYTES, ssl=tls, server_hostname=host
+                )
+    except (TimeoutError, ssl.SSLError):
+        raise  # not a failure to reach the server: it answered, too slowly or untrusted
     except OSError as exc:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         raise ConnectFailed.from_os_error(where, exc) from exc
@@ -395,7 +410,9 @@ async def open_connection(address: Address, time_limit: float) -> Connection:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         raise
-    return Connection(reader, writer, address=address, server_info=hello, timeout=time_limit)
+    return Connection(
+        reader, writer, address=address, server_info=hello, timeout=time_limit, tls=tls
+    )
 
 
 async def _read_greeting(reader: asyncio.StreamReader) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class Link:
     ) -> None:
         self.connection = connection
         self.address = connection.address
+        self.tls = connection.tls
         #: Seconds a call may take (see `call`); also bounds connecting and authenticating.
         self.timeout = timeout
         #: What a new connection authenticates with (kept by the client's auth/login).
@@ -308,7 +309,7 @@ class Link:
             return
 
     async def _open(self) -> tuple[Connection, str]:
-        connection = await open_connection(self.address, self.timeout)
+        connection = await open_connection(self.address, self.timeout, self.tls)
         try:
             how = "without credentials"
             if self.credentials is not None:
