@@ -3,7 +3,7 @@
 `App` holds what every connection shares (the way uvicorn hands its
 protocols a small server state, not the server): the backend, the user
 directory, the token signer, the password pool, the connection registry and
-the limits. `Caller` is who sent a request: set by `auth`/`login`, read by
+the limits, the failed-login limiter. `Caller` is who sent a request: set by `auth`/`login`, read by
 every handler. Handlers take both and nothing else, so they know no sockets,
 no connection object and no server.
 """
@@ -16,6 +16,7 @@ from .auth import TokenSigner
 from .backend import Backend
 from .caller import Caller
 from .config import Limits
+from .loginlimits import LoginLimiter
 from .passwords import PasswordPool
 from .registry import Connections
 from .users import UserDirectory
@@ -31,3 +32,4 @@ class App:
     passwords: PasswordPool
     connections: Connections
     limits: Limits
+    limiter: LoginLimiter

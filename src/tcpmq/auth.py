@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import math
 import os
 import secrets
 import time
@@ -128,37 +127,70 @@ class TokenSigner:
         claims = {"sub": user, "role": role, "uid": uid, "iat": issued, "exp": issued + ttl}
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
-    def verify(self, token: str) -> TokenClaims:
-        """Check signature and expiry.
+    def verify(self, token: str, now: float | None = None) -> TokenClaims:
+        """Check the signature, then every claim strictly, then expiry at `now` (default: the time).
+
+        pyjwt checks the signature; the claims are checked here rather than
+        by its lenient rules (which take `"exp": "123"`, floats and numbers
+        beyond 64 bits): each time claim must be an integer epoch second in
+        0..`MAX_EPOCH`, each name a string.
 
         Raises:
-            AuthFailed: malformed, forged, expired, or missing a claim.
+            AuthFailed: malformed, forged, expired, not yet valid, or a
+                claim missing or of the wrong type (the message says which).
         """
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
-                # `iat` is checked below, allowing the second ahead that a
-                # token minted just after a revocation may have (see users.py).
-                options={"require": ["sub", "uid", "iat", "exp"], "verify_iat": False},
+                options={
+                    "require": ["sub", "uid", "iat", "exp"],
+                    # Checked below, strictly; `iat` allowing the second
+                    # ahead that a token minted just after a revocation may
+                    # have (see users.py), which the caller checks.
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "verify_sub": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthFailed("token expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthFailed(f"invalid token: no {exc.claim!r} claim") from None
         except jwt.InvalidTokenError:
             raise AuthFailed("invalid token") from None
-        user, uid, role = claims.get("sub"), claims.get("uid"), claims.get("role", "")
-        if not isinstance(user, str) or not isinstance(uid, str) or not isinstance(role, str):
-            raise AuthFailed("invalid token")
-        issued = claims["iat"]
-        if not isinstance(issued, int | float) or isinstance(issued, bool):
-            raise AuthFailed("invalid token")
-        if not math.isfinite(issued):
-            raise AuthFailed("invalid token")
+        user = _string_claim(claims, "sub")
+        uid = _string_claim(claims, "uid")
+        role = _string_claim(claims, "role") if "role" in claims else ""
+        expires_at = _epoch_claim(claims, "exp")
+        issued_at = _epoch_claim(claims, "iat")
+        moment = time.time() if now is None else now
+        if "nbf" in claims and moment < _epoch_claim(claims, "nbf"):
+            raise AuthFailed("token not valid yet (nbf)")
+        if expires_at <= moment:
+            raise AuthFailed("token expired")
         return TokenClaims(
-            user=user,
-            role=role,
-            uid=uid,
-            expires_at=int(claims["exp"]),
-            issued_at=int(claims["iat"]),
+            user=user, role=role, uid=uid, expires_at=expires_at, issued_at=issued_at
         )
+
+
+# The last second a time claim may name: 9999-12-31T23:59:59Z. Far past any
+# token this server mints, and well inside the 64-bit integers a reply holds.
+MAX_EPOCH = 253_402_300_799
+
+
+def _epoch_claim(claims: dict[str, Any], name: str) -> int:
+    value = claims[name]
+    # bool is an int subclass: `true` is no time.
+    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
+        raise AuthFailed(
+            f"invalid token: claim {name!r} must be an integer epoch second from 0 to {MAX_EPOCH}"
+        )
+    return value
+
+
+def _string_claim(claims: dict[str, Any], name: str) -> str:
+    value = claims[name]
+    if type(value) is not str:
+        raise AuthFailed(f"invalid token: claim {name!r} must be a string")
+    return value

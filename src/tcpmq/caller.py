@@ -10,11 +10,13 @@ from .users import User
 class Caller:
     """The user a connection speaks for (None until it authenticates)."""
 
-    __slots__ = ("conn_id", "is_admin", "name", "name_json", "peer", "user")
+    __slots__ = ("address", "conn_id", "is_admin", "name", "name_json", "peer", "user")
 
-    def __init__(self, conn_id: int, peer: str) -> None:
+    def __init__(self, conn_id: int, peer: str, address: str = "") -> None:
         self.conn_id = conn_id
         self.peer = peer
+        # The source the login limits count by (loginlimits.source_address).
+        self.address = address
         self.user: User | None = None
         self.name = ""
         self.name_json = b""  # the name, JSON-encoded once for every publish

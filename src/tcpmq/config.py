@@ -68,6 +68,26 @@ class Limits:
     # Concurrent password hashes (scrypt uses 16 MiB each and a CPU core).
     # Two keeps a core free for the event loop on a small VM.
     max_concurrent_logins: int = 2
+    # Password hashes waiting for a thread, in all and per source address
+    # (an IPv6 address counts by its /64). Past either a login is refused at
+    # once with limit_exceeded: a flood waits in no queue, and what a closed
+    # connection left queued is dropped (see passwords.py).
+    max_queued_logins: int = 64
+    max_queued_logins_per_address: int = 8
+    # Failed auth/login attempts, per source address and per user name: a
+    # token bucket refilled at this many per second, holding at most
+    # login_failure_burst. An empty bucket refuses at once with
+    # limit_exceeded and retry_after, before any hash (see loginlimits.py).
+    login_failures_per_address: float = 5.0
+    login_failures_per_user: float = 5.0
+    login_failure_burst: int = 20
+    # Addresses and user names whose buckets are remembered (each table); the
+    # least recently used is forgotten first.
+    login_limit_entries: int = 10_000
+    # An address from which a user authenticated within this many seconds
+    # has its password hashes done before other addresses' (see passwords.py):
+    # a flood from many addresses cannot keep out the clients already known.
+    login_trust_seconds: float = 86400.0
     default_token_ttl: int = 86400
     max_token_ttl: int = 30 * 86400
 

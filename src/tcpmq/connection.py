@@ -52,10 +52,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
 import logging
 from collections import deque
-from typing import cast
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, cast
 
 import orjson
 
@@ -70,12 +72,39 @@ from .errors import (
     Unauthenticated,
 )
 from .frame import FrameDecoder
+from .loginlimits import source_address
 from .ops import HANDLERS, PublishRun, decode_publish
-from .pending import Pending
+from .pending import Outcome, Pending
 
 log = logging.getLogger(__name__)
 
 _connection_ids = itertools.count(1)
+_P = ParamSpec("_P")
+
+
+def _guarded(
+    method: Callable[Concatenate[Connection, _P], None],
+) -> Callable[Concatenate[Connection, _P], None]:
+    """For the connection's methods that others call: the transport, the
+    backend waking a pending reply, the disk saying what is durable, the loop.
+
+    A request's own failures are answered `internal` where they happen
+    (`_handle`, `_answer`, `Pending.settle`). This is the last line behind
+    them: a bug in the connection itself is logged with its traceback and
+    ends this connection with `bye` `internal`, and never escapes into the
+    caller, which may be going through every connection waiting for the
+    disk, or waking every pull of a queue, and must not stop half-way.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            log.exception("internal error on the connection from %s", self.peer)
+            self._internal_failure()
+
+    return guarded
 
 
 class State(enum.Enum):
@@ -142,7 +171,11 @@ class Connection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, but behave as one.
         self._transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.caller.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            self.caller.peer = f"{peer[0]}:{peer[1]}"
+            self.caller.address = source_address(peer[0])
+        else:
+            self.caller.peer = self.caller.address = str(peer)
         transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
         if not self.app.connections.admit(self):
             audit.event("connection_refused", peer=self.caller.peer, reason="max_connections")
@@ -158,6 +191,7 @@ class Connection(asyncio.Protocol):
         self._auth_deadline = loop.time() + self._limits.auth_timeout
         self._auth_timer = loop.call_at(self._auth_deadline, self._auth_expired)
 
+    @_guarded
     def data_received(self, data: bytes) -> None:
         if self.state is State.CLOSED or self.state is State.CLOSING:
             return
@@ -188,6 +222,7 @@ class Connection(asyncio.Protocol):
         self._eof = True
         self.state = State.CLOSING
         if self._pending is not None:
+            self._pending.hung_up()
             self._pending.stop_waiting()  # may complete it, and so resume
         self._resume()
         # True keeps the transport open for what still runs (a login's
@@ -226,6 +261,7 @@ class Connection(asyncio.Protocol):
             self._auth_timer.cancel()
             self._auth_timer = None
 
+    @_guarded
     def _auth_expired(self) -> None:
         self._auth_timer = None
         if self.state is not State.AWAITING_AUTH:
@@ -264,26 +300,47 @@ class Connection(asyncio.Protocol):
             result = HANDLERS[op](self.app, self.caller, wire.decode_fields(op, request))
         except TcpmqError as exc:
             self._end_run()
-            self._out.append(wire.reply_error(head, exc))
+            self._answer(head, exc)
             return
         except Exception:
             log.exception("internal error handling a request from %s", self.peer)
             self._end_run()
-            self._out.append(wire.reply_error(head, InternalError("internal server error")))
+            self._answer(head, InternalError("internal server error"))
             return
         if isinstance(result, Pending):
             self._pending = result
             self._pending_head = head
             result.on_done(self._pending_done)
             # Nothing more will come, or a request already read waits behind it.
-            if self._eof or (self._backlog and self._request_behind_wait()):
+            if self._eof:
+                result.hung_up()
+                result.stop_waiting()
+            elif self._backlog and self._request_behind_wait():
                 result.stop_waiting()
         else:
             if self.state is State.AWAITING_AUTH and self.caller.user is not None:
                 self._authenticated()
-            reply = wire.reply_ok(head, result)
-            self._out.append(reply)
-            self._out_bytes += len(reply)
+            self._answer(head, result)
+
+    def _answer(self, head: bytes, outcome: Outcome) -> None:
+        """Queue the reply to a request: the one place an outcome becomes a line.
+
+        Every reply but a publish's passes here: the handler's result or
+        error, and a pending reply's outcome (see _pending_done). A result
+        that cannot be encoded (orjson refuses integers beyond 64 bits) is a
+        bug: it is logged with its traceback and answered `internal`, and
+        the connection goes on.
+        """
+        try:
+            if isinstance(outcome, TcpmqError):
+                reply = wire.reply_error(head, outcome)
+            else:
+                reply = wire.reply_ok(head, outcome)
+        except Exception:
+            log.exception("internal error encoding a reply to %s", self.peer)
+            reply = wire.reply_error(head, InternalError("internal server error"))
+        self._out.append(reply)
+        self._out_bytes += len(reply)
 
     def _request_behind_wait(self) -> bool:
         """Whether a request other than a pull, ack or nack waits behind the pending reply.
@@ -347,23 +404,21 @@ class Connection(asyncio.Protocol):
         self._out.extend(replies)
         self._out_bytes += sum(map(len, replies))
 
+    @_guarded
     def _pending_done(self, pending: Pending) -> None:
         if pending is not self._pending:
             return
         self._pending = None
-        outcome = pending.outcome
-        if isinstance(outcome, TcpmqError):
-            self._out.append(wire.reply_error(self._pending_head, outcome))
-        else:
-            if self.state is State.AWAITING_AUTH and self.caller.user is not None:
-                self._authenticated()
-            self._out.append(wire.reply_ok(self._pending_head, outcome))
+        if self.state is State.AWAITING_AUTH and self.caller.user is not None:
+            self._authenticated()
+        self._answer(self._pending_head, pending.outcome)
         # This may run inside another connection's publish: reply now, but
         # handle this connection's backlog on a fresh stack, never re-entering
         # the backend from within one of its own calls.
         self._flush()
         asyncio.get_running_loop().call_soon(self._resume)
 
+    @_guarded
     def _resume(self) -> None:
         if self.state is State.CLOSED or self._close_when_sent:
             return
@@ -466,6 +521,7 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(lines[0] if len(lines) == 1 else b"".join(lines))
 
+    @_guarded
     def _disk_caught_up(self) -> None:
         self._awaiting_disk = False
         if self._transport is None or self._transport.is_closing():
@@ -557,6 +613,14 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(wire.bye(reason))
             transport.close()
+
+    def _internal_failure(self) -> None:
+        """End the connection after a bug: `bye` `internal` if it can be sent."""
+        try:
+            self.close(InternalError("internal server error"))
+        except Exception:
+            log.exception("could not close the connection from %s", self.peer)
+            self.abort()
 
     def abort(self) -> None:
         """Drop the connection without flushing (shutdown grace period over)."""

@@ -11,15 +11,25 @@ the refusal can name it.
 
 `is_locked()` lets a reader (`tcpmq check`) learn whether a broker is running
 without holding the lock itself.
+
+`check_permissions()` refuses a data dir that other users could tamper with
+or read secrets from, as ssh refuses a private key and PostgreSQL a data
+directory that others can read: anyone who can write the token secret or
+the users file can make themselves admin, and anyone who can read them can
+mint tokens or attack the password hashes offline.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
+from .auth import SECRET_FILE
 from .errors import TcpmqError
+from .storage.store import STORE_DIR
+from .users import USERS_FILE
 
 LOCK_FILE = "lock"
 
@@ -34,6 +44,50 @@ class DataDirInUse(TcpmqError):
         )
         self.data_dir = data_dir
         self.pid = pid
+
+
+class UnsafePermissions(TcpmqError):
+    """A file of the data dir is open to other users; the message names it and the fix."""
+
+    def __init__(self, path: Path, mode: int, problem: str, fix: str) -> None:
+        super().__init__(f"{path} is {problem} (mode {mode:04o}); fix: {fix}")
+        self.path = path
+
+
+# What each part of the data dir must not allow, and the chmod that fixes it.
+# The secret and the users file may be group-readable (a backup group), never
+# group-writable or readable by others.
+_PRIVATE_FILE = (stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH, "600")
+_RULES: dict[str, tuple[int, str]] = {
+    "": (stat.S_IWOTH, "o-w"),
+    SECRET_FILE: _PRIVATE_FILE,
+    USERS_FILE: _PRIVATE_FILE,
+    STORE_DIR: (stat.S_IWGRP | stat.S_IWOTH, "go-w"),
+}
+_PROBLEMS = (
+    (stat.S_IWOTH, "writable by others"),
+    (stat.S_IWGRP, "writable by its group"),
+    (stat.S_IROTH, "readable by others"),
+)
+
+
+def check_permissions(data_dir: Path) -> None:
+    """Refuse a data dir writable by others, or a secret, users file or store open to them.
+
+    Parts that do not exist yet are skipped: the broker creates them private.
+
+    Raises:
+        UnsafePermissions: for the first part at fault.
+    """
+    for name, (forbidden, fix) in _RULES.items():
+        path = data_dir / name if name else data_dir
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & forbidden:
+            problem = next(what for bit, what in _PROBLEMS if mode & forbidden & bit)
+            raise UnsafePermissions(path, stat.S_IMODE(mode), problem, f"chmod {fix} {path}")
 
 
 class DataDirLock:

@@ -135,8 +135,20 @@ class AlreadyExists(TcpmqError):
 class LimitExceeded(TcpmqError):
     code = ErrorCode.LIMIT_EXCEEDED
 
-    def __init__(self, message: str, *, limit: str, maximum: int | float) -> None:
-        super().__init__(message, limit=limit, max=maximum)
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        maximum: int | float,
+        retry_after: float | None = None,
+    ) -> None:
+        # `retry_after`: seconds until the same request may succeed, for
+        # limits that refill with time (the login rate limits).
+        if retry_after is None:
+            super().__init__(message, limit=limit, max=maximum)
+        else:
+            super().__init__(message, limit=limit, max=maximum, retry_after=retry_after)
 
 
 class ShuttingDown(TcpmqError):

@@ -17,7 +17,6 @@ published with one backend call (see connection.py).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,14 +29,14 @@ from .errors import (
     AuthFailed,
     BadRequest,
     Forbidden,
-    InternalError,
+    LimitExceeded,
     NotFound,
+    ShuttingDown,
     TcpmqError,
 )
+from .passwords import PasswordPool
 from .pending import Pending, Result
 from .users import User, revocation_second
-
-log = logging.getLogger(__name__)
 
 # How far ahead of the clock a token's `iat` may be beyond the revocation second.
 _IAT_AHEAD = 1.0
@@ -56,19 +55,35 @@ def _later(work: Awaitable[T], answer: Callable[[T], Result]) -> Pending:
     pending = Pending()
 
     def done(task: asyncio.Future[T]) -> None:
-        if pending.done:
-            return
-        try:
-            outcome: Result | TcpmqError = answer(task.result())
-        except TcpmqError as exc:
-            outcome = exc
-        except Exception:
-            log.exception("internal error completing a request")
-            outcome = InternalError("internal server error")
-        pending.complete(outcome)
+        pending.settle(lambda: answer(task.result()))
 
     asyncio.ensure_future(work).add_done_callback(done)
     return pending
+
+
+class _PasswordCheck(Pending):
+    """A login's reply, waiting for its password check.
+
+    The connection cancels it when it closes: the check is dropped from the
+    hash queue then, so a flood of logins from connections that go away
+    leaves no hashing behind (see passwords.py). At EOF it waits behind
+    every live login instead.
+    """
+
+    __slots__ = ("_check", "_pool")
+
+    def __init__(self, check: asyncio.Future[bool], pool: PasswordPool) -> None:
+        super().__init__()
+        self._check = check
+        self._pool = pool
+
+    def hung_up(self) -> None:
+        # Maybe gone (a closed socket looks like EOF until a reply is
+        # written): behind every live login, and first to be pushed out.
+        self._pool.hung_up(self._check)
+
+    def release(self) -> None:
+        self._check.cancel()
 
 
 def _check_range(field: str, value: float, minimum: float, maximum: float, unit: str = "") -> None:
@@ -89,6 +104,9 @@ def op_ping(app: App, caller: Caller, request: wire.NoFields) -> Result:
 
 
 def op_auth(app: App, caller: Caller, request: wire.AuthRequest) -> Result:
+    # A token is checked in microseconds and never waits for the hash pool,
+    # so a good one is taken even from an address that is being limited;
+    # only failures count against the address (see loginlimits.py).
     try:
         claims = app.signer.verify(request.token)
         user = app.users.find(claims.user)
@@ -101,9 +119,13 @@ def op_auth(app: App, caller: Caller, request: wire.AuthRequest) -> Result:
         if claims.issued_at > max(time.time() + _IAT_AHEAD, user.tokens_valid_after):
             raise AuthFailed("invalid token")
     except AuthFailed as exc:
+        now = time.monotonic()
+        app.limiter.check(caller.address, None, now)  # limit_exceeded instead, once limited
+        app.limiter.take(caller.address, None, now)
         audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, reason=exc.message)
         raise
     app.connections.authenticate(caller, user)
+    app.limiter.succeeded(caller.address, time.monotonic())
     audit.event("auth", conn=caller.conn_id, peer=caller.peer, user=user.name, by="token")
     return {"user": user.name, "role": user.role, "expires_at": claims.expires_at}
 
@@ -112,21 +134,54 @@ def op_login(app: App, caller: Caller, request: wire.LoginRequest) -> Pending:
     limits = app.limits
     ttl = limits.default_token_ttl if request.ttl is None else request.ttl
     _check_range("ttl", ttl, 1, limits.max_token_ttl, " seconds")
-    user = app.users.find(request.user)
+    limiter, address, name = app.limiter, caller.address, request.user
+    now = time.monotonic()
+    # Refused before any hash: a limited attempt costs nothing.
+    limiter.check(address, name, now)
+    user = app.users.find(name)
+    # An unknown user is checked against a hash of the same cost, so the
+    # time of the answer does not tell which users exist.
     stored = DUMMY_HASH if user is None else user.password_hash
+    first = limiter.trusted(address, now)  # known clients before a flood
+    check = app.passwords.check(request.password, stored, address, first=first)  # or full
+    # Counted from the start, so logins still hashing count; given back if right.
+    limiter.take(address, name, now)
+    pending = _PasswordCheck(check, app.passwords)
 
-    def checked(matches: bool) -> Result:
+    def checked() -> Result:
+        try:
+            matches = check.result()
+        except LimitExceeded:
+            # Pushed out of a full hash queue: never tried, so not a failure.
+            limiter.give_back(address, name, time.monotonic())
+            raise
         # The user may have been deleted (or replaced) while the hash ran.
         if not matches or user is None or app.users.find(user.name) is not user:
-            audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, user=request.user)
+            audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, user=name)
             raise AuthFailed("wrong user name or password")
+        now = time.monotonic()
+        limiter.give_back(address, name, now)
         app.connections.authenticate(caller, user)
+        limiter.succeeded(address, now)
         audit.event("auth", conn=caller.conn_id, peer=caller.peer, user=user.name, by="password")
         issued = user.token_issued_at(time.time())
         token = app.signer.mint(user.name, user.role, user.uid, ttl, now=issued)
         return {"user": user.name, "role": user.role, "token": token, "expires_at": issued + ttl}
 
-    return _later(app.passwords.check(request.password, stored), checked)
+    def done(_: asyncio.Future[bool]) -> None:
+        if check.cancelled():
+            # The connection went away (the reply has no reader), or the
+            # server is stopping (it closed every connection first).
+            pending.settle(_shutting_down)
+        else:
+            pending.settle(checked)
+
+    check.add_done_callback(done)
+    return pending
+
+
+def _shutting_down() -> Result:
+    raise ShuttingDown("server is shutting down")
 
 
 def op_whoami(app: App, caller: Caller, request: wire.NoFields) -> Result:
@@ -159,7 +214,8 @@ def op_user_create(app: App, caller: Caller, request: wire.UserCreateRequest) ->
         raise AlreadyExists(f"user {request.name!r} already exists")
 
     async def create() -> User:
-        password_hash = await app.passwords.hash(request.password)
+        # An authenticated caller's hash goes first, as a trusted login's.
+        password_hash = await app.passwords.hash(request.password, caller.address, first=True)
         return await app.users.create(request.name, request.role, password_hash, time.time())
 
     def created(user: User) -> Result:
@@ -208,7 +264,7 @@ def op_user_passwd(app: App, caller: Caller, request: wire.UserPasswdRequest) ->
     app.users.get(name)  # not_found now, before any work
 
     async def change() -> User:
-        password_hash = await app.passwords.hash(request.password)
+        password_hash = await app.passwords.hash(request.password, caller.address, first=True)
         # Its tokens issued so far go with the old password.
         return await app.users.set_password(name, password_hash, revocation_second(time.time()))
 

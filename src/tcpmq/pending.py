@@ -7,10 +7,13 @@ reply behind a `Pending` so that replies still leave in request order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from .errors import TcpmqError
+from .errors import InternalError, TcpmqError
+
+log = logging.getLogger(__name__)
 
 # What a handler produces: result fields as a dict, already-encoded result
 # fields (see wire.reply_ok), None for a bare ok, or an error.
@@ -36,6 +39,25 @@ class Pending:
         if self._on_done is not None:
             self._on_done(self)
 
+    def settle(self, make: Callable[[], Result]) -> None:
+        """Complete with what `make` returns, or the `TcpmqError` it raises.
+
+        Work that finishes later (a password hash, a user directory write)
+        settles its reply here, so any other exception, a bug, is caught in
+        this one place: logged with its traceback and answered `internal`,
+        never lost in a callback with the client left waiting.
+        """
+        if self.done:
+            return
+        try:
+            outcome: Outcome = make()
+        except TcpmqError as exc:
+            outcome = exc
+        except Exception:
+            log.exception("internal error completing a request")
+            outcome = InternalError("internal server error")
+        self.complete(outcome)
+
     def on_done(self, callback: Callable[[Pending], None]) -> None:
         self._on_done = callback
         if self.done:
@@ -51,6 +73,10 @@ class Pending:
     def stop_waiting(self) -> None:
         """The client will send nothing more (EOF): a reply that waits only for
         something to happen is given now. Work under way (a login) finishes."""
+
+    def hung_up(self) -> None:
+        """The client sent EOF: it may still read the reply, or may be gone.
+        Work that waits its turn may let others go first (see passwords.py)."""
 
     def release(self) -> None:
         """Free what the wait holds (timers, registrations). Subclasses extend."""

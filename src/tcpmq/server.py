@@ -1,9 +1,9 @@
 """The broker server: opening the backend, the listening socket, signals and shutdown.
 
 The server builds the `App` that every connection shares (backend, user
-directory, signer, password pool, connection registry, limits; see app.py),
-the one deadline timer, and the listener that makes a `Connection` per
-client. It creates the first admin on a new store. With the log store it
+directory, signer, password pool, connection registry, limits, login
+limiter; see app.py), the one deadline timer, and the listener that makes a
+`Connection` per client. It creates the first admin on a new store. With the log store it
 holds the data dir's lock (datadir.py) from start to stop, so a second broker
 on the same directory is refused instead of losing the first one's data.
 
@@ -39,10 +39,11 @@ from .auth import TokenSigner, hash_password, verify_password
 from .backend import Backend, LogBackend, open_log_backend, open_memory_backend
 from .config import ServerConfig
 from .connection import Connection
-from .datadir import DataDirLock
+from .datadir import DataDirLock, check_permissions
 from .deadlines import DeadlineTimer
 from .errors import InternalError, ShuttingDown
 from .exposure import refuse_exposed_plaintext
+from .loginlimits import LoginLimiter
 from .passwords import PasswordPool
 from .registry import Connections
 from .storage import DiskStore
@@ -78,7 +79,13 @@ class Server:
         self._admin_password = admin_password
         self._admin_password_hash = admin_password_hash
         self.connections = Connections(config.limits)
-        self._passwords = PasswordPool(config.limits.max_concurrent_logins)
+        limits = config.limits
+        #: The password hashing pool (its counters: `cancelled`, `refused`, `queued`).
+        self.passwords = PasswordPool(
+            limits.max_concurrent_logins,
+            limits.max_queued_logins,
+            limits.max_queued_logins_per_address,
+        )
         self._servers: list[asyncio.Server] = []
         self._tls: ssl.SSLContext | None = None
         self._handshakes = Handshakes(config.limits.max_connections)
@@ -114,6 +121,8 @@ class Server:
             ConfigError: clear text on a non-loopback address without
                 `allow_plaintext`, or unusable TLS files (before anything is bound).
             DataDirInUse: another process holds the data dir (log store only).
+            UnsafePermissions: other users could write (or read) the data
+                dir's secrets or store (log store only).
         """
         refuse_exposed_plaintext(self.config)
         if self.config.tls is not None:
@@ -122,6 +131,8 @@ class Server:
             # Before anything in the data dir is read or created: a second broker changes nothing.
             self._lock.acquire()
         try:
+            if self.config.store != "memory":
+                check_permissions(self.config.data_dir)
             await self._open_and_listen()
         except BaseException:
             self._lock.release()
@@ -171,9 +182,10 @@ class Server:
             backend=backend,
             users=users,
             signer=TokenSigner(users.secret),
-            passwords=self._passwords,
+            passwords=self.passwords,
             connections=self.connections,
             limits=config.limits,
+            limiter=LoginLimiter(config.limits),
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
@@ -256,7 +268,7 @@ class Server:
         self._servers = []
         if self._deadlines is not None:
             self._deadlines.cancel()
-        self._passwords.close()
+        self.passwords.close()
         # Last: the store is closed and durable, another broker may take over.
         self._lock.release()
 

@@ -2,7 +2,8 @@
 
 `serve` runs the broker, `token` mints a token offline, `check` and `repair`
 inspect and salvage the durable store. All work on the data directory
-directly; their failures print `tcpmq: <reason>` and exit 1. `serve` and
+directly; their failures print `tcpmq: <reason>` and exit 1 (2 when the
+data dir is open to other users: see datadir.check_permissions). `serve` and
 `repair` hold the data dir's lock (datadir.py) while they write; `check`
 only looks whether someone holds it.
 """
@@ -234,6 +235,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server and its crypto would slow down every client command.
     from ..audit import JsonFormatter
+    from ..datadir import UnsafePermissions
     from ..server import Server
     from ..storage import FormatError
 
@@ -258,6 +260,10 @@ def _serve(args: argparse.Namespace) -> int:
         run(server.serve_until_signalled())
     except ConfigError as exc:
         return _refused(exc)
+    except UnsafePermissions as exc:
+        # Like ssh with a private key others can read: refuse, say the fix.
+        print(f"tcpmq: not starting: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FormatError as exc:
         # Damage is never skipped silently: say where it is and what to run.
         print(
@@ -354,11 +360,27 @@ def _repair_store(directory: Path) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from ..auth import TokenSigner
-    from ..users import FileUserDirectory
+    from ..auth import SECRET_FILE, TokenSigner
+    from ..datadir import UnsafePermissions, check_permissions
+    from ..users import USERS_FILE, FileUserDirectory
 
     config = ServerConfig(data_dir=args.data_dir or default_data_dir())
-    users = FileUserDirectory(config.data_dir, config.limits.max_users)
+    data_dir = config.data_dir
+    # A token is minted with an existing broker's secret for an existing
+    # user: creating a secret or a data dir here would only mint tokens that
+    # no broker accepts.
+    for path in (data_dir, data_dir / SECRET_FILE, data_dir / USERS_FILE):
+        if not path.exists():
+            raise ValueError(
+                f"{path} does not exist: no broker's data dir at {data_dir} "
+                "(give --data-dir or $TCPMQ_DATA_DIR; 'tcpmq serve' creates it)"
+            )
+    try:
+        check_permissions(data_dir)
+    except UnsafePermissions as exc:
+        print(f"tcpmq: not reading the secret: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    users = FileUserDirectory(data_dir, config.limits.max_users)
     signer = TokenSigner(users.secret)
     user = users.get(args.user)
     ttl = config.limits.default_token_ttl if args.ttl is None else args.ttl
