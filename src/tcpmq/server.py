@@ -11,6 +11,10 @@ Backends (`ServerConfig.store`): `log` recovers the broker's state from the
 data dir's journal and journals every change; `memory` keeps everything,
 users and the token secret included, in the process only.
 
+Connections and descriptors: at start the soft open-files limit is raised
+to the hard one and `max_connections` lowered to what fits beside the
+store's descriptors (fdlimit.py); the `App` gets the limits in force.
+
 Shutdown order: stop accepting, close every connection (a waiting pull gets
 its empty reply, then `bye`), make the backend durable (which releases
 replies waiting for the disk), give the connections `shutdown_grace` seconds
@@ -20,6 +24,7 @@ to go, then abort what is left.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -35,6 +40,7 @@ from .connection import Connection
 from .datadir import DataDirLock
 from .deadlines import DeadlineTimer
 from .errors import InternalError, ShuttingDown
+from .fdlimit import budget, raise_nofile_limit
 from .passwords import PasswordPool
 from .registry import Connections
 from .storage import DiskStore
@@ -111,6 +117,17 @@ class Server:
     async def _open_and_listen(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        # Connections must leave the store its descriptors (see fdlimit.py).
+        fds = budget(raise_nofile_limit(), config.limits.max_connections)
+        limits = dataclasses.replace(config.limits, max_connections=fds.max_connections)
+        log.info(
+            "open files limit %d: at most %d connections (max_connections %d), backlog %d",
+            fds.nofile,
+            fds.max_connections,
+            config.limits.max_connections,
+            fds.backlog,
+        )
+        self.connections = Connections(limits)
         users = open_user_directory(config)
         if users.empty:
             await self._create_first_admin(users)
@@ -154,12 +171,12 @@ class Server:
             signer=TokenSigner(users.secret),
             passwords=self._passwords,
             connections=self.connections,
-            limits=config.limits,
+            limits=limits,
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
         self._server = await loop.create_server(
-            self.new_connection, config.host, config.port, backlog=1024
+            self.new_connection, config.host, config.port, backlog=fds.backlog
         )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
