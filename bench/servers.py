@@ -88,9 +88,10 @@ def pin_prefix() -> list[str]:
 class Server:
     """One running server process of `spec`, its data in `data_dir`."""
 
-    def __init__(self, spec: Spec, data_dir: Path) -> None:
+    def __init__(self, spec: Spec, data_dir: Path, args: tuple[str, ...] = ()) -> None:
         self.spec = spec
         self.data_dir = data_dir
+        self.args = args  # more command-line flags (tcpmq's bench/conn_*.py scripts)
         self.port = free_port()
         self.password = PASSWORD
         self.process: asyncio.subprocess.Process | None = None
@@ -105,8 +106,11 @@ class Server:
         if self.spec.wire == "tcpmq" and name != "null":
             env["TCPMQ_ADMIN_PASSWORD"] = PASSWORD
             command = [sys.executable, "-m", "tcpmq", "serve", "--port", port, "--data-dir", data]
+            # S5 opens thousands of connections from one address (Redis gets --maxclients).
+            command += ["--max-connections-per-address", "20000"]
             if name == "tcpmq-never":
                 command += ["--fsync", "never"]
+            command += self.args
             return command, re.compile(rb"tcpmq listening on"), env
         if name == "null":
             command = [sys.executable, "-m", "bench.nullbroker", "--port", port]

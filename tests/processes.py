@@ -38,18 +38,25 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def serve(
-    data_dir: Path, *args: str, max_file_bytes: int | None = None, **env: str
+    data_dir: Path,
+    *args: str,
+    max_file_bytes: int | None = None,
+    max_open_files: int | None = None,
+    **env: str,
 ) -> AsyncIterator[ServeProcess]:
     """Run `tcpmq serve` on an ephemeral port until the block ends (then kill it).
 
     `max_file_bytes` limits the size of the files it writes (RLIMIT_FSIZE): a
-    write beyond it fails as on a full disk.
+    write beyond it fails as on a full disk. `max_open_files` sets its
+    RLIMIT_NOFILE, soft and hard (so the server cannot raise it).
     """
 
     def limit_file_size() -> None:
         if max_file_bytes is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death
             resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        if max_open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
 
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -97,6 +97,7 @@ async def test_follow_connects_again_after_a_restart(tmp_path: Path) -> None:
         await publish(client, 1, 1)
         follower = await Follower.start(cli)
         await follower.until(1)
+        await until_pull_waits(cli.server, "events", "q")  # 1 acked, the long-poll parked
         await client.close()
         # The server goes away while the follower long-polls, and comes back on its port.
         config = replace(cli.server.config, port=cli.server.port)

@@ -260,7 +260,8 @@ async def test_connect_without_credentials_fails_at_once() -> None:
 async def test_bye_instead_of_greeting(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_connections=1) as srv,
-        connect(url_of(srv), anonymous=True) as first,
+        # Authenticated: an unauthenticated one would be shed to make room.
+        connect(url_of(srv), token=srv.mint_token("admin")) as first,
     ):
         with pytest.raises(ConnectionClosed) as info:
             await connect(url_of(srv), anonymous=True)
@@ -529,7 +530,7 @@ async def test_frame_too_large_from_the_server(tmp_path: Path) -> None:
             client.publish("big", "x" * 5000), client.ping(), return_exceptions=True
         )
         assert isinstance(too_big, FrameTooLarge)
-        assert too_big.details == {"max": 4096}
+        assert too_big.details == {"limit": "max_frame_bytes", "max": 4096}
         # The server closes the connection after that reply, without a bye.
         assert isinstance(behind, ConnectionClosed)
         assert behind.code is ErrorCode.SHUTTING_DOWN

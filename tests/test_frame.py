@@ -315,3 +315,39 @@ def test_frames_are_never_blank_long_or_multiline(data: bytes, more: bytes, limi
         assert not is_blank(frame)
     if decoder.error is not None:
         assert decoder.feed(b"ok\n") == []
+
+
+# --- a lower limit enforced by the decoder's user (before authentication) ----
+
+
+@pytest.mark.parametrize(
+    ("tail", "limit", "exceeds"),
+    [
+        (b"x" * 10, 10, False),
+        (b"x" * 11, 10, True),
+        (b"x" * 10 + b"\r", 10, False),  # the \r of a coming \r\n does not count
+        (b"x" * 10 + b"\r\r", 10, True),
+        (b"x" * 11 + b"\r", 10, True),
+        (b"", 0, False),
+    ],
+)
+def test_tail_exceeds_counts_as_the_limit_does(tail: bytes, limit: int, exceeds: bool) -> None:
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(b"done\n" + tail) == [b"done"]
+    assert decoder.tail_exceeds(limit) is exceeds
+
+
+def test_refuse_breaks_the_stream_with_the_given_error() -> None:
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(b"abc") == []
+    error = FrameTooLarge(2, "max_auth_frame_bytes")
+    decoder.refuse(error)
+    assert decoder.error is error
+    assert decoder.buffered == 0
+    assert decoder.feed(b"def\nghi\n") == []
+    assert error.to_wire() == {
+        "code": "frame_too_large",
+        "message": "frame exceeds 2 bytes",
+        "limit": "max_auth_frame_bytes",
+        "max": 2,
+    }

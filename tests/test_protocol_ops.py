@@ -1381,9 +1381,10 @@ async def test_max_connections_per_user(tmp_path: Path) -> None:
 
 @pytest.mark.over_tls
 async def test_max_connections(tmp_path: Path) -> None:
+    # Both authenticated: none can be shed to make room (test_connection_limits.py).
     async with (
         running_server(tmp_path / "data", max_connections=2) as srv,
-        open_wire(srv),
+        open_user_wire(srv, "admin"),
         open_user_wire(srv, "admin"),
     ):
         reader, writer = await open_raw(srv.host, srv.port)

@@ -46,8 +46,43 @@ class Limits:
     max_users: int = 10_000
     max_channels: int = 10_000
     max_queues_per_channel: int = 1_000
+    # Connections in all; the server lowers it to fit its open-files limit
+    # (see fdlimit.py). At it, the oldest unauthenticated connection makes
+    # room for a new one; only when all are authenticated is the new one refused.
     max_connections: int = 10_000
     max_connections_per_user: int = 1_000
+    # --- connection limits: one source address, unauthenticated lines, idle
+    # and stalled connections, closing (protocol.md, Limits; README, Reliability:
+    # connections)
+    # Connections from one source address (beyond it a new one gets bye
+    # limit_exceeded): a tenth of max_connections, so one host cannot fill the
+    # server, and above any one client host's ordinary pool. Raise it for
+    # clients behind one NAT or proxy address.
+    max_connections_per_address: int = 1_000
+    # Longest line before authentication, and the most an unauthenticated
+    # connection may have read but not handled: room for the longest valid
+    # auth (a 4096-character token) or login (a 1024-character password, even
+    # fully escaped), so a peer that has not authenticated costs kilobytes,
+    # not max_frame_bytes.
+    max_auth_frame_bytes: int = 8192
+    # Seconds an authenticated connection may send nothing (a pull waiting
+    # for messages is not idle) before bye limit_exceeded; 0, the default,
+    # never closes a live client (as Redis's `timeout 0` and NATS: an idle
+    # publisher is a normal client). `ping` keeps a connection active.
+    idle_timeout: float = 0.0
+    # TCP keepalive on every admitted connection: after this many idle
+    # seconds the kernel probes the peer (3 probes, a third of it apart) and
+    # ends a connection whose machine is gone, which idle_timeout 0 would
+    # keep forever. Redis's `tcp-keepalive 300`. 0 turns it off.
+    tcp_keepalive: float = 300.0
+    # Seconds a connection's unsent replies may stay above write_buffer_high
+    # without the client reading any of them before it is closed.
+    write_stall_timeout: float = 30.0
+    # Seconds a closing connection is given to read its last replies and end
+    # its side, its input discarded meanwhile (lingering close, as HTTP
+    # servers do: closing on unread input would reset the connection and
+    # lose the replies); then it is dropped.
+    close_linger: float = 5.0
     # A connection that has not authenticated is closed after this many
     # seconds without a line from it (a person typing keeps it open), and
     # after max_auth_time seconds in all.
@@ -94,8 +129,12 @@ class Limits:
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if value <= 0:
+            if value < 0 or (value == 0 and spec.name not in MAY_BE_OFF):
                 raise ValueError(f"{spec.name} must be positive, not {value}")
+
+
+#: The limits that 0 turns off.
+MAY_BE_OFF = frozenset({"idle_timeout", "tcp_keepalive"})
 
 
 @dataclass(frozen=True, slots=True)

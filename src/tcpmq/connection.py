@@ -34,18 +34,40 @@ Lifecycle (the whole table; `_ALLOWED` says which ops each state admits):
 
     AWAITING_AUTH --auth/login ok--> READY
     AWAITING_AUTH, READY --EOF, close(reason)--> CLOSING --replies sent--> CLOSED
+    CLOSING --replies sent, client may still be sending--> LINGERING
+    LINGERING --client's EOF, close_linger--> CLOSED
     any --connection lost--> CLOSED
 
 CLOSING is entered when the client ends its sending side (EOF), when the
-server closes the connection (shutdown, user deleted, auth timeout) or when a
-frame is too large. In it no new request is read; a waiting pull is answered
-at once (an empty list); at EOF the requests already read are still handled.
-Every reply made is then sent, those waiting for the disk included, before
-the `bye` (if any) and the close. Over TLS the transport is a `TlsLayer`
-(tlslayer.py), which stays open after the client's close_notify or FIN as
-TCP does after a FIN, so a reply made later (a login's) still goes out. At
-EOF the backend is asked to make its changes durable on the spot, so the
-replies waiting for the disk go out at once rather than after a sync.
+server closes the connection (shutdown, user deleted, a timeout, a stalled
+reader) or when a frame is too large. In it no new request is read; a waiting
+pull is answered at once (an empty list); at EOF the requests already read
+are still handled. Every reply made is then sent, those waiting for the disk
+included, before the `bye` (if any) and the close. Over TLS the transport
+is a `TlsLayer` (tlslayer.py), which stays open after the client's
+close_notify or FIN as TCP does after a FIN, so a reply made later (a
+login's) still goes out. At EOF the backend is asked to make its changes
+durable on the spot, so the replies waiting for the disk go out at once
+rather than after a sync.
+
+LINGERING is the lingering close of HTTP servers: closing a socket with
+unread input makes the kernel send a reset, and a reset destroys the replies
+the client has not read yet (the `frame_too_large` error behind a 2 MiB
+line, the `bye`). So when the client may still be sending, the server ends
+only its own side once the replies are written (a FIN after them), reads
+and discards the client's input until its EOF, and closes then. Whatever
+happens, `close_linger` seconds after CLOSING began the connection is
+dropped: a client that reads nothing cannot keep it.
+
+Timers: one per connection at most, armed only while a deadline applies
+(the auth deadline, the idle and write-stall timeouts, the close deadline)
+and moved lazily: a read only records its time, and the timer, when it
+fires, re-arms itself for the deadline that is next (`_on_timer`).
+
+Before authentication a connection is kept cheap: a line may hold at most
+`max_auth_frame_bytes`, and no more than that is read while an `auth` or
+`login` is being checked (`_auth_line_too_long`, `_update_reading`); the
+full `max_frame_bytes` applies from the line after a successful one.
 """
 
 from __future__ import annotations
@@ -55,6 +77,7 @@ import enum
 import functools
 import itertools
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, cast
@@ -63,6 +86,7 @@ import orjson
 
 from . import audit, wire
 from .app import App, Caller
+from .config import Limits
 from .deadlines import DeadlineTimer
 from .errors import (
     FrameTooLarge,
@@ -111,6 +135,7 @@ class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     READY = "ready"
     CLOSING = "closing"
+    LINGERING = "lingering"
     CLOSED = "closed"
 
 
@@ -119,6 +144,7 @@ _ALLOWED: dict[State, frozenset[str] | None] = {
     State.READY: None,  # every op
     # Requests read before EOF are still answered, as the state they came in allows.
     State.CLOSING: None,
+    State.LINGERING: frozenset(),
     State.CLOSED: frozenset(),
 }
 
@@ -131,6 +157,8 @@ class Connection(asyncio.Protocol):
         self._limits = limits
         self._commits = app.backend.commits
         self._decoder = FrameDecoder(limits.max_frame_bytes)
+        # The longest line before authentication (the lower of the two limits).
+        self._auth_frame_bytes = min(limits.max_auth_frame_bytes, limits.max_frame_bytes)
         self.state = State.AWAITING_AUTH
         self.caller = Caller(next(_connection_ids), "?")
         self._transport: asyncio.Transport | None = None
@@ -156,10 +184,23 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._eof = False
-        self._auth_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set when connected
+        # The one timer (see "Timers" above) and when it fires.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         # Until authenticated: each line read moves the deadline, up to the limit.
         self._auth_deadline = 0.0
         self._auth_limit = 0.0
+        # When the client last sent something (kept only with idle_timeout on).
+        self._last_read = 0.0
+        # While writing is paused: the unsent bytes when last looked at, and when.
+        self._stall_size = -1
+        self._stall_checked = 0.0
+        # CLOSING, LINGERING: when the connection is dropped whatever happens.
+        self._close_deadline = 0.0
+        # The client may have sent what the server has not read (see LINGERING).
+        self._unread_input = False
+        self._admitted = True  # False: refused by a connection limit
 
     @property
     def peer(self) -> str:
@@ -170,35 +211,48 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but behave as one.
         self._transport = transport = cast(asyncio.Transport, transport)
+        self._loop = loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            self.caller.peer = f"{peer[0]}:{peer[1]}"
-            self.caller.address = source_address(peer[0])
+            address = str(peer[0])
+            self.caller.peer = f"{address}:{peer[1]}"
         else:
-            self.caller.peer = self.caller.address = str(peer)
+            address = self.caller.peer = str(peer)
+        # An IPv6 client counts by its /64, which is what one host can spread over.
+        self.caller.address = address = source_address(address)
         transport.set_write_buffer_limits(high=self._limits.write_buffer_high)
-        if not self.app.connections.admit(self):
-            audit.event("connection_refused", peer=self.caller.peer, reason="max_connections")
-            maximum = self._limits.max_connections
-            self.close(
-                LimitExceeded("too many connections", limit="max_connections", maximum=maximum)
-            )
+        refused = self.app.connections.admit(self, address)
+        if refused is not None:
+            _refusals.note(loop.time(), self.caller.peer, refused.details["limit"])
+            self._admitted = False
+            # At once, without lingering: the server is short of room.
+            self.fail(refused)
             return
         audit.event("connect", conn=self.caller.conn_id, peer=self.caller.peer)
+        if self._limits.tcp_keepalive:
+            _keep_alive(transport, self._limits.tcp_keepalive)
         transport.write(wire.hello(self._limits.max_frame_bytes))
-        loop = asyncio.get_running_loop()
-        self._auth_limit = loop.time() + self._limits.max_auth_time
-        self._auth_deadline = loop.time() + self._limits.auth_timeout
-        self._auth_timer = loop.call_at(self._auth_deadline, self._auth_expired)
+        now = loop.time()
+        self._auth_limit = now + self._limits.max_auth_time
+        self._auth_deadline = now + self._limits.auth_timeout
+        self._arm(self._auth_deadline)
 
     @_guarded
     def data_received(self, data: bytes) -> None:
-        if self.state is State.CLOSED or self.state is State.CLOSING:
-            return
+        state = self.state
+        if state is not _READY:
+            if state is State.CLOSING:
+                self._unread_input = True  # more input after the close began
+                return
+            if state is State.CLOSED or state is State.LINGERING:
+                return  # discarded
         frames = self._decoder.feed(data)
-        if self._auth_timer is not None and frames:
+        if state is _READY:
+            if self._limits.idle_timeout:
+                self._last_read = cast(asyncio.AbstractEventLoop, self._loop).time()
+        elif frames:
             # Someone is typing: give them auth_timeout more, within max_auth_time.
-            now = asyncio.get_running_loop().time()
+            now = cast(asyncio.AbstractEventLoop, self._loop).time()
             self._auth_deadline = min(now + self._limits.auth_timeout, self._auth_limit)
         backlog = self._backlog
         backlog.extend(frames)
@@ -217,7 +271,13 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client will send nothing more: answer what it sent, then close.
+        if self.state is State.LINGERING:
+            # It has read what it wanted: nothing unread is left to reset.
+            if self._transport is not None:
+                self._transport.close()
+            return True
         if self.state is State.CLOSED or self.state is State.CLOSING:
+            self._eof = True  # nothing more to linger for
             return True
         self._eof = True
         self.state = State.CLOSING
@@ -230,7 +290,8 @@ class Connection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        audit.event("disconnect", conn=self.caller.conn_id, user=self.caller.name or "-")
+        if self._admitted:
+            audit.event("disconnect", conn=self.caller.conn_id, user=self.caller.name or "-")
         self.state = State.CLOSED
         if self._pending is not None:
             self._pending.cancel()
@@ -238,16 +299,24 @@ class Connection(asyncio.Protocol):
         self._backlog.clear()
         self._backlog_bytes = 0
         self._stream_ahead = 0
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.app.connections.forget(self)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        transport = self._transport
+        if transport is not None and self._loop is not None:
+            # The client is not reading: from now on it must make progress.
+            self._stall_size = transport.get_write_buffer_size()
+            self._stall_checked = self._loop.time()
+            self._arm(self._stall_checked + self._limits.write_stall_timeout)
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._stall_size = -1
         if self._backlog:
             asyncio.get_running_loop().call_soon(self._resume)
         else:
@@ -257,27 +326,113 @@ class Connection(asyncio.Protocol):
 
     def _authenticated(self) -> None:
         self.state = State.READY
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-            self._auth_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._limits.idle_timeout and self._loop is not None:
+            self._last_read = self._loop.time()
+        self._rearm()
+
+    def _auth_line_too_long(self) -> bool:
+        """Before authentication: refuse an unterminated line over the auth limit.
+
+        Unless a request that may authenticate is ahead of it (a login being
+        checked, or a request not handled yet): then reading stops (see
+        _update_reading) and the line is judged once that request is answered.
+        Returns whether the line was refused (its error is in the backlog).
+        """
+        decoder = self._decoder
+        limit = self._auth_frame_bytes
+        if (
+            self._pending is None
+            and not self._backlog
+            and decoder.error is None
+            and decoder.tail_exceeds(limit)
+        ):
+            decoder.refuse(FrameTooLarge(limit, _auth_limit_name(self._limits)))
+            self._backlog.append(None)
+            return True
+        return False
+
+    # -- timers -------------------------------------------------------------
+
+    def _arm(self, at: float) -> None:
+        """Have the timer fire by `at` (it re-arms itself for later deadlines)."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= at:
+                return
+            timer.cancel()
+        self._timer_at = at
+        self._timer = cast(asyncio.AbstractEventLoop, self._loop).call_at(at, self._on_timer)
+
+    def _next_deadline(self) -> float | None:
+        if self._close_deadline:
+            return self._close_deadline
+        if self.state is State.AWAITING_AUTH:
+            return self._auth_deadline
+        if self.state is not _READY:
+            return None
+        limits = self._limits
+        if self._stall_size >= 0:
+            # Replies back up: not idle, but they must be read.
+            return self._stall_checked + limits.write_stall_timeout
+        if limits.idle_timeout and self._pending is None:
+            return self._last_read + limits.idle_timeout
+        return None
+
+    def _rearm(self) -> None:
+        at = self._next_deadline()
+        if at is not None:
+            self._arm(at)
 
     @_guarded
-    def _auth_expired(self) -> None:
-        self._auth_timer = None
-        if self.state is not State.AWAITING_AUTH:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._auth_deadline:
-            # A line came meanwhile: wait on (the timer moves lazily, not per read).
-            self._auth_timer = loop.call_at(self._auth_deadline, self._auth_expired)
-            return
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        now = loop.time()
+        state = self.state
         limits = self._limits
-        self.close(
-            Unauthenticated(
-                f"not authenticated: no line for {limits.auth_timeout:g} seconds, "
-                f"or {limits.max_auth_time:g} seconds in all"
-            )
-        )
+        if state is State.CLOSED:
+            return
+        if self._close_deadline:
+            if now >= self._close_deadline:
+                # It had close_linger seconds to take its replies and go.
+                self.abort()
+                return
+        elif state is State.AWAITING_AUTH:
+            if now >= self._auth_deadline:
+                self.close(
+                    Unauthenticated(
+                        f"not authenticated: no line for {limits.auth_timeout:g} seconds, "
+                        f"or {limits.max_auth_time:g} seconds in all"
+                    )
+                )
+                return
+        elif state is _READY and self._ready_timed_out(now):
+            return
+        self._rearm()
+
+    def _ready_timed_out(self, now: float) -> bool:
+        """Close a READY connection whose replies stall or that is idle; returns whether it did."""
+        limits = self._limits
+        if self._stall_size >= 0:
+            if now < self._stall_checked + limits.write_stall_timeout:
+                return False
+            unsent = cast(asyncio.Transport, self._transport).get_write_buffer_size()
+            if unsent < self._stall_size:
+                # It read some: a slow reader, not a stalled one.
+                self._stall_size, self._stall_checked = unsent, now
+                return False
+            log.info("closing %s: it read none of its replies", self.peer)
+            self.close(_timeout("write_stall_timeout", limits.write_stall_timeout))
+            return True
+        if limits.idle_timeout and self._pending is None:
+            if now < self._last_read + limits.idle_timeout:
+                return False
+            self.close(_timeout("idle_timeout", limits.idle_timeout))
+            return True
+        return False
 
     # -- requests and replies -------------------------------------------------
 
@@ -412,6 +567,10 @@ class Connection(asyncio.Protocol):
         if self.state is State.AWAITING_AUTH and self.caller.user is not None:
             self._authenticated()
         self._answer(self._pending_head, pending.outcome)
+        if self._limits.idle_timeout and self._loop is not None:
+            # A long poll was activity: idleness counts from its end.
+            self._last_read = self._loop.time()
+            self._rearm()
         # This may run inside another connection's publish: reply now, but
         # handle this connection's backlog on a fresh stack, never re-entering
         # the backend from within one of its own calls.
@@ -433,6 +592,8 @@ class Connection(asyncio.Protocol):
         """Handle queued frames until one must wait: for a pending reply or a full write buffer."""
         try:
             self._drain_frames()
+            if self.state is State.AWAITING_AUTH and self._auth_line_too_long():
+                self._drain_frames()
         finally:
             self._end_run()
 
@@ -459,10 +620,17 @@ class Connection(asyncio.Protocol):
             if self._stream_ahead:
                 self._stream_ahead -= 1
             if frame is None:
-                error = self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
-                self._end_run()
-                self._out.append(wire.reply_error(b"", error))
-                self.close(None)
+                self._refuse_frame(
+                    self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
+                )
+                return
+            if (
+                self.state is not _READY
+                and self.caller.user is None
+                and len(frame) > self._auth_frame_bytes
+            ):
+                limit = self._auth_frame_bytes
+                self._refuse_frame(FrameTooLarge(limit, _auth_limit_name(self._limits)))
                 return
             self._backlog_bytes -= len(frame)
             self._handle(frame)
@@ -470,6 +638,14 @@ class Connection(asyncio.Protocol):
                 # Writing may pause us (pause_writing runs inside write), so a
                 # client that does not read cannot make us build replies forever.
                 self._flush()
+
+    def _refuse_frame(self, error: FrameTooLarge) -> None:
+        """Answer a line over the limit, then close: the stream has no next frame."""
+        self._end_run()
+        self._out.append(wire.reply_error(b"", error))
+        # The rest of the line may still be coming: linger for it.
+        self._unread_input = True
+        self.close(None)
 
     def _yield_turn(self) -> None:
         """Handle the rest of the backlog once the loop has run everything else ready."""
@@ -530,20 +706,25 @@ class Connection(asyncio.Protocol):
         if self._held:
             return
         if self._close_when_sent:
-            self._transport.close()
+            self._end_transport()
         elif self.state is not State.CLOSED and (self._backlog or self._reading_paused):
             # Handling had stopped because too many replies waited for the disk.
             self._resume()
 
     def _update_reading(self) -> None:
         transport = self._transport
-        if transport is None or self.state is State.CLOSED:
+        if transport is None or self.state is State.CLOSED or self.state is State.LINGERING:
             return
         limits = self._limits
         should_pause = (
             self._must_wait_for_client()
             or len(self._backlog) >= limits.max_pipeline
             or self._backlog_bytes >= limits.max_pipeline_bytes
+            # Unauthenticated: no more than one auth line's worth waits.
+            or (
+                self.state is _AWAITING_AUTH
+                and self._backlog_bytes + self._decoder.buffered > self._auth_frame_bytes
+            )
         )
         if should_pause and not self._reading_paused:
             self._reading_paused = True
@@ -570,6 +751,8 @@ class Connection(asyncio.Protocol):
         if self.state is State.CLOSED or self._close_when_sent or self._transport is None:
             return
         self.state = State.CLOSING
+        # Input may wait unread: requests behind this point, or in the kernel.
+        self._unread_input = self._unread_input or self._reading_paused or bool(self._backlog)
         pending = self._pending
         if pending is not None:
             # A waiting pull is answered (an empty list) before the bye;
@@ -586,8 +769,27 @@ class Connection(asyncio.Protocol):
             self._out.append(wire.bye(reason))
         self._flush()
         self._close_when_sent = True
+        self._set_close_deadline()
         if not self._held:
-            self._transport.close()
+            self._end_transport()
+
+    def _set_close_deadline(self) -> None:
+        loop = self._loop
+        if loop is not None and not self._close_deadline:
+            self._close_deadline = loop.time() + self._limits.close_linger
+            self._arm(self._close_deadline)
+
+    def _end_transport(self) -> None:
+        """Every reply is written: end the connection, lingering if input may be coming."""
+        transport = cast(asyncio.Transport, self._transport)
+        if self._eof or not self._unread_input or not transport.can_write_eof():
+            transport.close()  # sends what is buffered first
+            return
+        self.state = State.LINGERING
+        transport.write_eof()  # after the buffered replies
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def fail(self, reason: TcpmqError) -> None:
         """End the connection at once with `reason`, dropping held replies.
@@ -613,6 +815,7 @@ class Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(wire.bye(reason))
             transport.close()
+            self._set_close_deadline()  # a client that reads nothing cannot hold it
 
     def _internal_failure(self) -> None:
         """End the connection after a bug: `bye` `internal` if it can be sent."""
@@ -626,6 +829,58 @@ class Connection(asyncio.Protocol):
         """Drop the connection without flushing (shutdown grace period over)."""
         if self._transport is not None:
             self._transport.abort()
+
+
+class _RefusalLog:
+    """Refused connections in the audit log: at most one line a second.
+
+    A flood is refused thousands of times a second; a line for each would
+    cost more than the refusal. Each line counts the ones left out before it.
+    """
+
+    def __init__(self) -> None:
+        self._quiet_until = 0.0
+        self._left_out = 0
+
+    def note(self, now: float, peer: str, limit: str) -> None:
+        if now < self._quiet_until:
+            self._left_out += 1
+            return
+        audit.event("connection_refused", peer=peer, reason=limit, more=self._left_out)
+        self._left_out = 0
+        self._quiet_until = now + 1.0
+
+
+_refusals = _RefusalLog()
+
+
+def _keep_alive(transport: asyncio.Transport, seconds: float) -> None:
+    """Have the kernel probe the peer after `seconds` of silence (as Redis does)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    idle = max(1, int(seconds))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's timing
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError as exc:  # not TCP (a Unix socket), or refused: no probes, no harm
+        log.debug("no TCP keepalive for this connection: %s", exc)
+
+
+def _auth_limit_name(limits: Limits) -> str:
+    """The setting that bounds a line before authentication."""
+    if limits.max_auth_frame_bytes < limits.max_frame_bytes:
+        return "max_auth_frame_bytes"
+    return "max_frame_bytes"
+
+
+def _timeout(limit: str, seconds: float) -> LimitExceeded:
+    return LimitExceeded(
+        f"connection closed: {limit} of {seconds:g} seconds", limit=limit, maximum=seconds
+    )
 
 
 def _in_consumer_stream(frame: bytes | None) -> bool:
@@ -648,3 +903,4 @@ _CONSUMER_OPS = frozenset({"pull", "ack", "nack"})
 
 _PRE_AUTH = _ALLOWED[State.AWAITING_AUTH] or frozenset()
 _READY = State.READY  # a module global: one lookup less per request
+_AWAITING_AUTH = State.AWAITING_AUTH

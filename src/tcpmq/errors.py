@@ -107,8 +107,9 @@ class UnknownOp(TcpmqError):
 class FrameTooLarge(TcpmqError):
     code = ErrorCode.FRAME_TOO_LARGE
 
-    def __init__(self, maximum: int) -> None:
-        super().__init__(f"frame exceeds {maximum} bytes", max=maximum)
+    def __init__(self, maximum: int, limit: str = "max_frame_bytes") -> None:
+        # `limit` names the setting: max_auth_frame_bytes before authentication.
+        super().__init__(f"frame exceeds {maximum} bytes", limit=limit, max=maximum)
         self.maximum = maximum
 
 

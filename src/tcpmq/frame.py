@@ -61,14 +61,27 @@ class FrameDecoder:
             # The first-byte test keeps the strip off the path of real frames.
             if line and (line[0] not in _BLANK or line.strip(_BLANK)):
                 frames.append(line)
-        # The tail may still end in "\r" that belongs to a coming "\r\n".
-        if len(self._tail) > limit + 1 or (
-            len(self._tail) == limit + 1 and not self._tail.endswith(b"\r")
-        ):
+        if self.tail_exceeds(limit):
             return self._fail(frames)
         return frames
 
-    def _fail(self, frames: list[bytes]) -> list[bytes]:
-        self.error = FrameTooLarge(self.max_frame_bytes)
+    def tail_exceeds(self, limit: int) -> bool:
+        """Whether the unterminated line is already longer than `limit` bytes.
+
+        The tail may still end in "\r" that belongs to a coming "\r\n": that
+        byte does not count.
+        """
+        size = len(self._tail)
+        return size > limit + 1 or (size == limit + 1 and not self._tail.endswith(b"\r"))
+
+    def refuse(self, error: FrameTooLarge) -> None:
+        """Break the stream with `error`, as a line over the limit does.
+
+        For a lower limit its user enforces for a while (before authentication).
+        """
+        self.error = error
         self._tail = b""
+
+    def _fail(self, frames: list[bytes]) -> list[bytes]:
+        self.refuse(FrameTooLarge(self.max_frame_bytes))
         return frames

@@ -1,9 +1,17 @@
 """The connection registry: who is connected, as whom, and how to end them.
 
-Admits connections up to `max_connections`, binds each authenticated one to
-its user (at most `max_connections_per_user`), and ends a user's
-connections when the user is deleted or all of them at shutdown. It holds
-connections by a small protocol, so it knows nothing of how they work.
+Admits connections up to `max_connections` in all and
+`max_connections_per_address` from one source address, binds each
+authenticated one to its user (at most `max_connections_per_user`), and ends
+a user's connections when the user is deleted or all of them at shutdown. It
+holds connections by a small protocol, so it knows nothing of how they work.
+
+Shedding: when the server is full, a new connection does not simply bounce.
+The oldest connection that has not authenticated yet is closed to make room
+(they are kept in arrival order), so a flood of idle sockets from many
+addresses cannot lock out a client that authenticates promptly; only when
+every connection is authenticated is the newcomer refused. The cap on one
+address is never shed for: a flood from one address meets its own limit.
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ class Endable(Protocol):
         """Send the replies made, then `bye` with `reason`, then close."""
 
     def fail(self, reason: TcpmqError) -> None:
-        """Close at once with `bye`, dropping replies that wait for the disk."""
+        """Close at once with `bye`, dropping replies that wait for the disk.
+
+        Also how a connection is shed to make room: no lingering.
+        """
 
     def abort(self) -> None:
         """Drop the connection, sending nothing more."""
@@ -38,17 +49,41 @@ class Connections:
         self.open: set[Endable] = set()
         self._by_user: dict[str, set[Endable]] = {}
         self._by_caller: dict[Caller, Endable] = {}
+        self._by_address: dict[str, int] = {}
+        self._address: dict[Endable, str] = {}
+        # Not yet authenticated, oldest first (a dict keeps insertion order).
+        self._unauthenticated: dict[Endable, None] = {}
         self._all_closed: asyncio.Event | None = None  # set while waiting for it
 
     def __len__(self) -> int:
         return len(self.open)
 
-    def admit(self, connection: Endable) -> bool:
-        if len(self.open) >= self._limits.max_connections:
-            return False
+    def admit(self, connection: Endable, address: str) -> LimitExceeded | None:
+        """Count a new connection from `address` in, or say which limit refuses it.
+
+        At `max_connections` the oldest unauthenticated connection is closed
+        to make room (see the module's docstring).
+        """
+        limits = self._limits
+        from_address = self._by_address.get(address, 0)
+        if from_address >= limits.max_connections_per_address:
+            return LimitExceeded(
+                f"too many connections from {address}",
+                limit="max_connections_per_address",
+                maximum=limits.max_connections_per_address,
+            )
+        if len(self.open) >= limits.max_connections:
+            if not self._unauthenticated:
+                return _too_many(limits.max_connections)
+            oldest = next(iter(self._unauthenticated))
+            self._forget(oldest)
+            oldest.fail(_too_many(limits.max_connections))
         self.open.add(connection)
         self._by_caller[connection.caller] = connection
-        return True
+        self._by_address[address] = from_address + 1
+        self._address[connection] = address
+        self._unauthenticated[connection] = None
+        return None
 
     def authenticate(self, caller: Caller, user: User) -> None:
         """Make `user` the caller's identity.
@@ -69,6 +104,7 @@ class Connections:
             if caller.user is not None and caller.name != user.name:
                 self._unbind(connection, caller.name)
             bound.add(connection)
+            self._unauthenticated.pop(connection, None)
         caller.become(user)
 
     def _unbind(self, connection: Endable, name: str) -> None:
@@ -79,12 +115,26 @@ class Connections:
                 del self._by_user[name]
 
     def forget(self, connection: Endable) -> None:
-        self.open.discard(connection)
-        self._by_caller.pop(connection.caller, None)
-        if connection.caller.user is not None:
-            self._unbind(connection, connection.caller.name)
+        """The connection is gone: count it out everywhere (again is harmless)."""
+        self._forget(connection)
         if not self.open and self._all_closed is not None:
             self._all_closed.set()
+
+    def _forget(self, connection: Endable) -> None:
+        # A connection being shed is counted out at once, before it has
+        # finished closing, so the one that replaces it fits.
+        self.open.discard(connection)
+        self._by_caller.pop(connection.caller, None)
+        self._unauthenticated.pop(connection, None)
+        address = self._address.pop(connection, None)
+        if address is not None:
+            left = self._by_address[address] - 1
+            if left:
+                self._by_address[address] = left
+            else:
+                del self._by_address[address]
+        if connection.caller.user is not None:
+            self._unbind(connection, connection.caller.name)
 
     def end_user(self, name: str) -> None:
         """Close the user's connections, after the current reply has gone out."""
@@ -104,3 +154,7 @@ class Connections:
         if self.open:
             self._all_closed = asyncio.Event()
             await self._all_closed.wait()
+
+
+def _too_many(maximum: int) -> LimitExceeded:
+    return LimitExceeded("too many connections", limit="max_connections", maximum=maximum)

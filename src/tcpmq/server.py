@@ -17,6 +17,10 @@ otherwise; `plain_listen` adds a clear-text one beside TLS, for nc. Both
 serve the same App. Clear text on a non-loopback address is refused before
 anything is bound unless `allow_plaintext` is set (exposure.py).
 
+Connections and descriptors: at start the soft open-files limit is raised
+to the hard one and `max_connections` lowered to what fits beside the
+store's descriptors (fdlimit.py); the `App` gets the limits in force.
+
 Shutdown order: stop accepting, close every connection (a waiting pull gets
 its empty reply, then `bye`), make the backend durable (which releases
 replies waiting for the disk), give the connections `shutdown_grace` seconds
@@ -26,6 +30,7 @@ to go, then abort what is left.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -43,6 +48,7 @@ from .datadir import DataDirLock, check_permissions
 from .deadlines import DeadlineTimer
 from .errors import InternalError, ShuttingDown
 from .exposure import refuse_exposed_plaintext
+from .fdlimit import budget, raise_nofile_limit
 from .loginlimits import LoginLimiter
 from .passwords import PasswordPool
 from .registry import Connections
@@ -141,6 +147,17 @@ class Server:
     async def _open_and_listen(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        # Connections must leave the store its descriptors (see fdlimit.py).
+        fds = budget(raise_nofile_limit(), config.limits.max_connections)
+        limits = dataclasses.replace(config.limits, max_connections=fds.max_connections)
+        log.info(
+            "open files limit %d: at most %d connections (max_connections %d), backlog %d",
+            fds.nofile,
+            fds.max_connections,
+            config.limits.max_connections,
+            fds.backlog,
+        )
+        self.connections = Connections(limits)
         users = open_user_directory(config)
         if users.empty:
             await self._create_first_admin(users)
@@ -184,22 +201,25 @@ class Server:
             signer=TokenSigner(users.secret),
             passwords=self.passwords,
             connections=self.connections,
-            limits=config.limits,
-            limiter=LoginLimiter(config.limits),
+            limits=limits,
+            limiter=LoginLimiter(limits),
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
-        await self._listen(loop)
+        self._handshakes = Handshakes(limits.max_connections)
+        await self._listen(loop, fds.backlog)
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _listen(self, loop: asyncio.AbstractEventLoop, backlog: int) -> None:
         config = self.config
-        main = await loop.create_server(self._main_protocol, config.host, config.port, backlog=1024)
+        main = await loop.create_server(
+            self._main_protocol, config.host, config.port, backlog=backlog
+        )
         self._servers.append(main)
         self.host, self.port = main.sockets[0].getsockname()[:2]
         if config.plain_listen is not None:
             host, port = config.plain_listen
             try:
-                plain = await loop.create_server(self.new_connection, host, port, backlog=1024)
+                plain = await loop.create_server(self.new_connection, host, port, backlog=backlog)
             except BaseException:
                 main.close()  # no half-started server
                 raise

@@ -93,6 +93,8 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
         self._closing = False
         # Set once the client's end of requests (close_notify or FIN) was passed on.
         self._eof = False
+        # Set by write_eof: close_notify sent, the client's input is only discarded.
+        self._lingering = False
 
     # -- the socket's protocol --------------------------------------------
 
@@ -112,6 +114,9 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     def data_received(self, data: bytes) -> None:
         if self._closing and self._app is None:
             return  # a failed handshake: the socket is closing
+        if self._lingering:
+            self._discard(data)
+            return
         self._incoming.write(data)
         if self._app is None:
             self._handshake()
@@ -219,7 +224,7 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
     # -- the connection's transport ------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
-        if self._closing:
+        if self._closing or self._lingering:
             return
         try:
             # Memory BIOs take all of it, but the API allows a partial write.
@@ -230,6 +235,42 @@ class TlsLayer(asyncio.Protocol, asyncio.Transport):
             self._fail("tls_failed", exc)
             return
         self._send()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """End the server's side (close_notify, then a FIN) and keep reading.
+
+        The connection's lingering close: what the client still sends is
+        discarded, and its close_notify or FIN ends the linger (see
+        `_discard`), so unread input never turns into a reset that would
+        destroy the replies just sent.
+        """
+        if self._closing or self._lingering:
+            return
+        self._lingering = True
+        with contextlib.suppress(ssl.SSLError):  # SSLWantReadError: the client's is not awaited
+            self._ssl.unwrap()
+        self._send()
+        if self._raw is not None and self._raw.can_write_eof():
+            self._raw.write_eof()
+
+    def _discard(self, data: bytes) -> None:
+        """Lingering: drop the client's records, and pass on its close_notify as EOF."""
+        if self._eof:
+            return
+        self._incoming.write(data)
+        try:
+            self._ssl.unwrap()  # completes once the client's close_notify is read
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLError:
+            # Application data behind our close_notify: TLS refuses to go on
+            # reading it, so the linger ends with the FIN or close_linger.
+            self._incoming.read()
+            return
+        self._end_of_requests()
 
     def close(self) -> None:
         """Send what is written, then close_notify, then close the socket."""
