@@ -61,6 +61,7 @@ from . import audit, wire
 from .app import App, Caller
 from .deadlines import DeadlineTimer
 from .errors import (
+    ErrorCode,
     FrameTooLarge,
     InternalError,
     LimitExceeded,
@@ -105,6 +106,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
+        # How many replies in _out are storage_full refusals (see _flush).
+        self._out_refusals = 0
         # Replies waiting for the disk: (ticket, lines), oldest first.
         self._held: deque[tuple[int, list[bytes]]] = deque()
         self._held_bytes = 0
@@ -264,6 +267,8 @@ class Connection(asyncio.Protocol):
         except TcpmqError as exc:
             self._end_run()
             self._out.append(wire.reply_error(head, exc))
+            if exc.code is ErrorCode.STORAGE_FULL:
+                self._out_refusals += 1
             return
         except Exception:
             log.exception("internal error handling a request from %s", self.peer)
@@ -345,6 +350,7 @@ class Connection(asyncio.Protocol):
             replies = [wire.reply_error(head, error) for head in run.heads]
         self._out.extend(replies)
         self._out_bytes += sum(map(len, replies))
+        self._out_refusals += run.refusals
 
     def _pending_done(self, pending: Pending) -> None:
         if pending is not self._pending:
@@ -353,6 +359,8 @@ class Connection(asyncio.Protocol):
         outcome = pending.outcome
         if isinstance(outcome, TcpmqError):
             self._out.append(wire.reply_error(self._pending_head, outcome))
+            if outcome.code is ErrorCode.STORAGE_FULL:
+                self._out_refusals += 1
         else:
             if self.state is State.AWAITING_AUTH and self.caller.user is not None:
                 self._authenticated()
@@ -439,6 +447,17 @@ class Connection(asyncio.Protocol):
             # The replies in _out were all made since the last flush: a ticket
             # taken now covers every change they report.
             ticket = commits.ticket()
+            if not held and ticket <= commits.durable():
+                self._out_bytes = 0
+                self._out_refusals = 0
+                self._write(out)
+                return
+            if self._out_refusals == len(out):
+                # Only storage_full refusals: they change and reveal nothing,
+                # so they wait for no disk, only behind this connection's
+                # earlier replies. A stalled store answers them at once.
+                ticket = held[-1][0] if held else commits.durable()
+            self._out_refusals = 0
             if not held and ticket <= commits.durable():
                 self._out_bytes = 0
                 self._write(out)
@@ -531,31 +550,6 @@ class Connection(asyncio.Protocol):
         self._close_when_sent = True
         if not self._held:
             self._transport.close()
-
-    def fail(self, reason: TcpmqError) -> None:
-        """End the connection at once with `reason`, dropping held replies.
-
-        Used when the store cannot write: replies waiting for the disk will
-        never be true, so they must not be sent.
-        """
-        self._held.clear()
-        self._held_bytes = 0
-        self._out = []
-        self._out_bytes = 0
-        self._run = None
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        self._stream_ahead = 0
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSING
-        self._close_when_sent = True
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(wire.bye(reason))
-            transport.close()
 
     def abort(self) -> None:
         """Drop the connection without flushing (shutdown grace period over)."""

@@ -25,9 +25,6 @@ class Endable(Protocol):
     def close(self, reason: TcpmqError | None) -> None:
         """Send the replies made, then `bye` with `reason`, then close."""
 
-    def fail(self, reason: TcpmqError) -> None:
-        """Close at once with `bye`, dropping replies that wait for the disk."""
-
     def abort(self) -> None:
         """Drop the connection, sending nothing more."""
 
