@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 READY = re.compile(rb"tcpmq listening on (\S+):(\d+)")
@@ -24,10 +24,27 @@ class ServeProcess:
     host: str
     port: int
     startup_log: bytes
+    # Lines logged after the start, and an event set at each new one.
+    later_log: list[bytes] = field(default_factory=list)
+    logged: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
         return f"tcpmq://{self.host}:{self.port}"
+
+    async def log_line(self, text: bytes) -> bytes:
+        """The first line logged after the start that contains `text`, once it is there."""
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                while True:
+                    for line in self.later_log:
+                        if text in line:
+                            return line
+                    self.logged.clear()
+                    await self.logged.wait()
+        except TimeoutError:
+            logged = b"".join(self.later_log[-20:]).decode(errors="replace")
+            raise AssertionError(f"{text!r} was not logged; the last lines:\n{logged}") from None
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -54,7 +71,9 @@ async def serve(
     def limit_file_size() -> None:
         if max_file_bytes is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death
-            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+            # The hard limit stays, so a test may lift the soft one later (prlimit).
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, hard))
         if max_open_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
 
@@ -80,10 +99,11 @@ async def serve(
             line = await asyncio.wait_for(process.stderr.readline(), STARTUP_TIMEOUT)
             assert line, f"server exited before listening: {log.decode()}"
             log += line
+        served = ServeProcess(process, match.group(1).decode(), int(match.group(2)), log)
         # Keep reading its log so a chatty server never blocks on a full pipe.
-        drain = asyncio.ensure_future(_discard(process.stderr))
+        drain = asyncio.ensure_future(_keep_log(process.stderr, served))
         try:
-            yield ServeProcess(process, match.group(1).decode(), int(match.group(2)), log)
+            yield served
         finally:
             drain.cancel()
     finally:
@@ -108,6 +128,9 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def _discard(stream: asyncio.StreamReader) -> None:
-    while await stream.read(65536):
-        pass
+async def _keep_log(stream: asyncio.StreamReader, served: ServeProcess) -> None:
+    # Bounded: a chatty server must not grow the test's memory without end.
+    while line := await stream.readline():
+        if len(served.later_log) < 10_000:
+            served.later_log.append(line)
+        served.logged.set()

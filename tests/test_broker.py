@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tcpmq.broker import Broker, Entry
+from tcpmq.broker import BODY_OVERHEAD, SLOT_BYTES, Broker, Entry
 from tcpmq.config import Limits
 from tcpmq.errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
 
@@ -137,7 +137,7 @@ def test_max_inflight_holds_messages_back_until_acks() -> None:
 def test_pull_reply_stays_within_a_frame_but_returns_at_least_one() -> None:
     broker = make_broker(max_frame_bytes=2000)
     queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
-    publish(broker, "x" * 900, "y" * 900, "z" * 3000)
+    publish(broker, "x" * 900, "y" * 900, "z" * 1600)
     assert ids_of(broker.pull(queue, 10, now=0.0)) == [1]
     assert ids_of(broker.pull(queue, 10, now=0.0)) == [2]
     assert ids_of(broker.pull(queue, 10, now=0.0)) == [3]
@@ -197,3 +197,95 @@ def test_a_shorter_ack_timeout_expires_new_deliveries_first() -> None:
     # Acks find deliveries in every lane.
     assert broker.ack(queue, [1, 2], now=59.0) == (2, [])
     assert broker.expire(1e9) == 0 and queue.inflight_count == 0
+
+
+# -- what a stored message may cost -------------------------------------------
+
+
+def test_a_message_too_large_for_a_pull_reply_once_stored_is_refused() -> None:
+    broker = make_broker(max_frame_bytes=2000)
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    # 1e15 is stored as 1000000000000000.0: the data grows 4.5 times.
+    with pytest.raises(LimitExceeded) as caught:
+        publish(broker, "fits", [1e15] * 100)
+    assert caught.value.details == {"limit": "max_frame_bytes", "max": 2000}
+    assert "message 1 takes" in caught.value.message
+    assert queue.depth == 0 and publish(broker, "fits") == [1]
+
+
+def test_a_fanned_out_body_is_stored_once_and_counted_once() -> None:
+    broker = make_broker()
+    queues = [broker.subscribe("ch", f"q{i}", "alice", None, 0.0)[0] for i in range(3)]
+    publish(broker, "x" * 1000)
+    head = queues[0].fresh[0]
+    assert all(queue.fresh[0] is head for queue in queues)  # one bytes object
+    assert broker.memory == pytest.approx(len(head) + BODY_OVERHEAD + 3 * SLOT_BYTES)
+    broker.pull(queues[0], 1, now=0.0)  # paid for at publish
+    assert broker.memory == pytest.approx(len(head) + BODY_OVERHEAD + 3 * SLOT_BYTES)
+    broker.ack(queues[0], [1], now=0.0)
+    broker.purge(queues[1])
+    assert broker.memory == pytest.approx((len(head) + BODY_OVERHEAD) / 3 + SLOT_BYTES)
+    broker.delete_queue("ch", "q2")
+    assert broker.memory == pytest.approx(0.0)
+
+
+def test_memory_returns_to_zero_when_the_queue_count_changed_between_publishes() -> None:
+    broker = make_broker()
+    first, _ = broker.subscribe("ch", "first", "alice", None, 0.0)
+    publish(broker, "a" * 100, "b" * 10)
+    second, _ = broker.subscribe("ch", "second", "alice", None, 0.0)
+    publish(broker, "c" * 50)
+    assert broker.memory > 0
+    for queue in (second, first):
+        deliveries = broker.pull(queue, 10, now=0.0)
+        broker.ack(queue, [d.id for d in deliveries], now=0.0)
+    assert broker.memory == pytest.approx(0.0, abs=1e-6)
+
+
+def test_in_flight_messages_count_against_the_queue_limits() -> None:
+    broker = make_broker(max_queue_messages=2, max_queue_bytes=10_000)
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    publish(broker, 1, 2)
+    broker.pull(queue, 10, now=0.0)
+    with pytest.raises(LimitExceeded) as caught:
+        publish(broker, 3)
+    assert caught.value.details["limit"] == "max_queue_messages"
+    broker.ack(queue, [1], now=0.0)
+    assert publish(broker, 3) == [3]
+
+    broker = make_broker(max_queue_bytes=300)
+    queue, _ = broker.subscribe("ch", "q", "alice", None, 0.0)
+    publish(broker, "x" * 100)
+    broker.pull(queue, 10, now=0.0)
+    with pytest.raises(LimitExceeded) as caught:
+        publish(broker, "y" * 100)
+    assert caught.value.details["limit"] == "max_queue_bytes"
+    broker.ack(queue, [1], now=0.0)
+    assert queue.held_bytes == 0
+    assert publish(broker, "y" * 100) == [2]
+
+
+def test_the_memory_budget_refuses_a_publish_whole() -> None:
+    broker = make_broker(max_memory_bytes=200_000)
+    for i in range(10):
+        broker.subscribe("ch", f"q{i}", "alice", None, 0.0)
+    publish(broker, *["x" * 1000] * 50)  # ~55 KB of bodies counted once, 96 KB of slots
+    with pytest.raises(LimitExceeded) as caught:
+        publish(broker, *["x" * 1000] * 50)
+    assert caught.value.details == {"limit": "max_memory_bytes", "max": 200_000}
+    assert all(queue.depth == 50 for queue in broker.channels["ch"].queues.values())
+
+
+def test_max_queues_per_user_counts_across_channels_and_frees_on_delete() -> None:
+    broker = make_broker(max_queues_per_user=2)
+    broker.create_channel("other", "alice", 0.0)
+    broker.subscribe("ch", "a", "alice", None, 0.0)
+    broker.subscribe("other", "b", "alice", None, 0.0)
+    with pytest.raises(LimitExceeded) as caught:
+        broker.subscribe("other", "c", "alice", None, 0.0)
+    assert caught.value.details == {"limit": "max_queues_per_user", "max": 2}
+    broker.subscribe("other", "c", "bob", None, 0.0)  # another user's count
+    broker.subscribe("ch", "a", "alice", None, 0.0)  # an existing queue: no new one
+    broker.delete_channel("other")
+    broker.subscribe("ch", "c", "alice", None, 0.0)
+    assert broker.queues_by_owner == {"alice": 2}

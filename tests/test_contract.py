@@ -390,8 +390,11 @@ async def test_max_queue_bytes_counts_the_stored_form(tmp_path: Path) -> None:
         # The queue is full: any further message is refused, and nothing is added.
         error = expect_error(await admin.call_raw(publish_line(b"1", b"fits")), "limit_exceeded")
         assert (error["limit"], error["max"]) == ("max_queue_bytes", limit)
-        # Only ready messages count: once pulled, the room is free again.
-        await pull_line(admin, "fits")
+        # A message counts until acked: pulled, it still takes its room.
+        [pulled] = orjson.loads(await pull_line(admin, "fits"))["messages"]
+        error = expect_error(await admin.call_raw(publish_line(b"1", b"fits")), "limit_exceeded")
+        assert error["limit"] == "max_queue_bytes"
+        await admin.ok("ack", channel="fits", ids=[pulled["id"]])
         assert (await admin.call_raw(publish_line(b"1", b"fits")))["ok"] is True
 
         await channel_with_queue(admin, "over")
@@ -423,15 +426,21 @@ async def test_a_reply_of_several_messages_stays_below_the_frame(tmp_path: Path)
                 assert len(line) <= SMALL_FRAME - 232 + len(echoed), line
 
 
-async def test_a_reply_of_one_large_message_is_bounded(tmp_path: Path) -> None:
+async def test_a_message_too_large_for_a_reply_once_stored_is_refused(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_frame_bytes=SMALL_FRAME) as srv,
         open_user_wire(srv, "admin") as admin,
     ):
         await channel_with_queue(admin)
-        # The largest data one frame can carry: the line is exactly the limit.
+        # The largest data one frame can carry: the line is exactly the limit,
+        # but stored with id, time and publisher it would not fit a reply.
         data = b'"' + b"x" * (SMALL_FRAME - 38 - 2) + b'"'
         assert len(publish_line(data)) == SMALL_FRAME
+        error = expect_error(await admin.call_raw(publish_line(data)), "limit_exceeded")
+        assert (error["limit"], error["max"]) == ("max_frame_bytes", SMALL_FRAME)
+        # protocol.md: the stored form may take max_frame_bytes - 280 bytes.
+        length = SMALL_FRAME - 280 - stored_size(b"", 1, LONGEST_STAMP, "admin")
+        data = b'"' + b"x" * (length - 2) + b'"'
         assert (await admin.call_raw(publish_line(data)))["ok"] is True
         await admin.ok("publish", channel="c", data="next")
         line = await pull_line(admin, max=10, id=1)
@@ -441,8 +450,8 @@ async def test_a_reply_of_one_large_message_is_bounded(tmp_path: Path) -> None:
         assert orjson.loads(message)["data"] == orjson.loads(data)  # one message only
         echoed = len(b',"id":1')
         assert len(line) == len(message) + 25 + echoed
-        # Longer than the frame, by at most 144 bytes, the attempt's digit and the id.
-        assert SMALL_FRAME < len(line) <= SMALL_FRAME + 144 + 1 + echoed
+        # Within the frame: 253 bytes to spare, less the attempt's digits and the id.
+        assert len(line) <= SMALL_FRAME - 253 + echoed
 
 
 async def test_numbers_may_grow_when_the_server_encodes_them(tmp_path: Path) -> None:
@@ -451,16 +460,19 @@ async def test_numbers_may_grow_when_the_server_encodes_them(tmp_path: Path) -> 
         open_user_wire(srv, "admin") as admin,
     ):
         await channel_with_queue(admin)
+        data = b"[" + b",".join([b"1e15"] * 20) + b"]"
+        assert (await admin.call_raw(publish_line(data)))["ok"] is True
+        line = await pull_line(admin)
+        delivered = b"[" + b",".join([b"1000000000000000.0"] * 20) + b"]"
+        assert b'"data":' + delivered + b"," in line
+        # protocol.md: such an array grows to at most 3.8 times its size...
+        assert len(delivered) <= 3.8 * len(data)
+        # ... so one that fits in a frame as sent may be refused as stored.
         count = (SMALL_FRAME - 38 - 2 + 1) // 5
         data = b"[" + b",".join([b"1e15"] * count) + b"]"
         assert len(publish_line(data)) <= SMALL_FRAME
-        assert (await admin.call_raw(publish_line(data)))["ok"] is True
-        line = await pull_line(admin)
-        delivered = b"[" + b",".join([b"1000000000000000.0"] * count) + b"]"
-        assert b'"data":' + delivered + b"," in line
-        # protocol.md: such an array grows to at most 3.8 times its size.
-        assert len(delivered) <= 3.8 * len(data)
-        assert len(line) > SMALL_FRAME + 144
+        error = expect_error(await admin.call_raw(publish_line(data)), "limit_exceeded")
+        assert error["limit"] == "max_frame_bytes"
 
 
 # --- ids of a re-created channel ---------------------------------------------

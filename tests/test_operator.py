@@ -400,4 +400,4 @@ def test_oldest_is_the_lowest_id_held_ready_or_in_flight() -> None:
     assert queue.info(0.0)["oldest_age"] == 0.0
     assert broker.purge(queue) == 2
     assert queue.info(100.0)["oldest_age"] is None
-    assert (queue.depth, queue.ready_bytes) == (0, 0)
+    assert (queue.depth, queue.held_bytes) == (0, 0)

@@ -1280,13 +1280,17 @@ async def test_max_queue_messages(tmp_path: Path) -> None:
             "max_queue_messages",
             3,
         )
-        # The limit counts ready messages: one pulled from q1 makes room there,
-        # but q2 is still full, so the publish is refused whole.
-        await wire.ok("pull", channel="c", queue="q1")
+        # The limit counts messages until acked: one pulled from q1 still
+        # counts; acked, it makes room there, but q2 is still full, so the
+        # publish is refused whole.
+        [first] = (await wire.ok("pull", channel="c", queue="q1"))["messages"]
+        await wire.error("publish", "limit_exceeded", channel="c", data=4)
+        await wire.ok("ack", channel="c", queue="q1", ids=[first["id"]])
         await wire.error("publish", "limit_exceeded", channel="c", data=4)
         depths = [q["depth"] for q in (await wire.ok("queue.list", channel="c"))["queues"]]
         assert depths == [2, 3]
-        await wire.ok("pull", channel="c", queue="q2")
+        [first] = (await wire.ok("pull", channel="c", queue="q2"))["messages"]
+        await wire.ok("ack", channel="c", queue="q2", ids=[first["id"]])
         await wire.ok("publish", channel="c", data=4)
         pulled = (await wire.ok("pull", channel="c", queue="q2", max=10))["messages"]
         assert [m["data"] for m in pulled] == [2, 3, 4]
@@ -1466,10 +1470,16 @@ async def test_pull_reply_is_capped_at_the_frame_size(tmp_path: Path) -> None:
             assert 1 <= len(messages) < 5
             seen.extend(m["id"] for m in messages)
         assert seen == [1, 2, 3, 4, 5]
-        # One message too big for a reply of its own is still delivered.
-        big = "b" * 960
+        # A message too big for a reply of its own, as stored, is refused.
+        error = await wire.error("publish", "limit_exceeded", channel="c", data="b" * 960)
+        assert_limit(error, "max_frame_bytes", 1024)
+        # The largest one taken still comes in a reply within the frame.
+        big = "b" * (1024 - 280 - 90)
         await wire.ok("publish", channel="c", data=big)
-        [message] = (await wire.ok("pull", channel="c", max=5))["messages"]
+        await wire.send("pull", channel="c", max=5)
+        line = await wire.recv_line()
+        assert len(line.rstrip(b"\n")) <= 1024
+        [message] = orjson.loads(line)["messages"]
         assert message["data"] == big
 
 

@@ -337,7 +337,7 @@ async def test_rolled_and_closed_segments_are_cut_to_their_records(tmp_path: Pat
     directory = tmp_path / "store"
     directory.mkdir()
     os.close(create_segment(directory, 1))
-    failures: list[BaseException] = []
+    health_changes: list[None] = []
     writer = LogWriter(
         directory,
         seq=1,
@@ -345,7 +345,7 @@ async def test_rolled_and_closed_segments_are_cut_to_their_records(tmp_path: Pat
         policy=FsyncPolicy.ALWAYS,
         fsync_interval=0.05,
         segment_bytes=1 << 20,
-        on_failure=failures.append,
+        on_health_change=lambda: health_changes.append(None),
     )
     record = encode_uid(RecordType.QUEUE_DROP, 1)
     for _ in range(10):
@@ -358,7 +358,7 @@ async def test_rolled_and_closed_segments_are_cut_to_their_records(tmp_path: Pat
     assert writer.roll() == 2
     writer.append(record)
     await writer.close()
-    assert not failures
+    assert not health_changes and writer.stalled is None
     for path, count in ((first, 10), (second, 1)):
         content = path.read_bytes()
         result = scan(content)

@@ -43,11 +43,23 @@ is reported as an ack of the ready messages it dropped) is reported to a
 after a restart every unacked message is ready again, with the attempt count
 its deliveries gave it. Channels and queues carry a `uid` that is never
 reused, so the journal can tell a re-created channel from the one that was
-deleted.
+deleted. A journal that cannot take new data (a full disk) says why in
+`full`: publishes and creations are then refused before anything changes.
+
+Memory: `memory` estimates what the queued and in-flight messages cost, for
+`max_memory_bytes`. A message's body is one bytes object shared by every
+queue of its channel, so it is counted once: each queue holding it is
+charged its share, the body's size divided by the channel's queue count
+when it was published (`Channel.fanouts`, by id range), and gives that share
+back when the message leaves it. On top, each queue holding a message pays
+`SLOT_BYTES`, the most a message costs a queue: a slot in `fresh`, or once
+delivered an `Entry`. Paid at publish, so that pulls (which turn slots into
+entries, 20 times larger) never take the estimate past what was admitted.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -56,7 +68,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from .config import Limits
-from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, TcpmqError
+from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, StorageFull, TcpmqError
 from .wire import encode_message_head, encode_timestamp, head_id, head_published_at
 
 #: A queued message: its encoded head (see `wire.encode_message_head`), shared
@@ -64,6 +76,20 @@ from .wire import encode_message_head, encode_timestamp, head_id, head_published
 Message = bytes
 #: Message ids: a range when consecutive (the usual pull), else a list.
 Ids = range | list[int]
+
+# Memory estimates (bytes, CPython 3.11, 64-bit), measured with tracemalloc:
+#: a bytes object beyond its data (its header);
+BODY_OVERHEAD = 33
+#: one queue holding a message, at most: its slot in the queue's deque (8.25),
+#: or once delivered its `Entry` (80) with its id object and its slot in a
+#: lane dict or the retry heap: 154 by tracemalloc, 194 in the process's RSS
+#: (bench/fanout_memory.py --pull-all: 6.3 million in flight took 1165 MiB).
+SLOT_BYTES = 192
+#: A pull reply keeps this much of `max_frame_bytes` for its own fields, and
+#: counts each message as its stored head plus `DELIVERY_BYTES` (the attempt
+#: and separators): see `Broker._take` and protocol.md, pull.
+REPLY_ROOM = 256
+DELIVERY_BYTES = 24
 
 
 class Entry:
@@ -90,6 +116,9 @@ class Entry:
 class Journal(Protocol):
     """Where the broker reports the changes that must survive a restart."""
 
+    #: Why the journal takes no new data now (publishes, creations), or None.
+    full: str | None
+
     def channel_saved(self, channel: Channel) -> None: ...
     def channel_dropped(self, channel: Channel) -> None: ...
     def queue_saved(self, queue: Queue) -> None: ...
@@ -101,6 +130,8 @@ class Journal(Protocol):
 
 class MemoryJournal:
     """Keeps nothing: the broker's state lives only in memory."""
+
+    full: str | None = None
 
     def channel_saved(self, channel: Channel) -> None:
         pass
@@ -144,12 +175,13 @@ class Queue:
         "created_at",
         "deleted",
         "fresh",
+        "held_bytes",
         "inflight_count",
         "lane_timeout",
         "lanes",
+        "memory",
         "name",
         "owner",
-        "ready_bytes",
         "retry",
         "scheduled_at",
         "uid",
@@ -174,7 +206,10 @@ class Queue:
         self.ack_timeout = ack_timeout
         self.created_at = created_at
         self.fresh: deque[Message] = deque()
-        self.ready_bytes = 0  # encoded size of fresh and retry messages
+        # Encoded size of the messages held, ready or in flight (max_queue_bytes).
+        self.held_bytes = 0
+        # What the queue adds to the broker's `memory` (see the module docstring).
+        self.memory = 0.0
         # (id, entry): a heap, lowest id first.
         self.retry: list[tuple[int, Entry]] = []
         # In-flight deliveries by id; each lane is in deadline order (see above).
@@ -309,7 +344,17 @@ class Queue:
 
 
 class Channel:
-    __slots__ = ("created_at", "name", "next_id", "owner", "published", "queues", "uid")
+    __slots__ = (
+        "created_at",
+        "epochs",
+        "fanouts",
+        "name",
+        "next_id",
+        "owner",
+        "published",
+        "queues",
+        "uid",
+    )
 
     def __init__(self, name: str, owner: str, created_at: float, uid: int = 0) -> None:
         self.uid = uid
@@ -319,6 +364,18 @@ class Channel:
         self.queues: dict[str, Queue] = {}
         self.next_id = 1
         self.published = 0
+        # The queue count at publish, by id range: messages from `epochs[i]`
+        # on were published to `fanouts[i]` queues (see the module docstring).
+        self.epochs: list[int] = []
+        self.fanouts: list[int] = []
+
+    def share(self, message_id: int) -> float:
+        """The part of message `message_id`'s body each queue holding it is
+        charged: 1 / the queue count it was published to."""
+        epochs = self.epochs
+        if message_id >= epochs[-1]:
+            return 1.0 / self.fanouts[-1]
+        return 1.0 / self.fanouts[bisect.bisect_right(epochs, message_id) - 1]
 
     def info(self) -> dict[str, object]:
         return {
@@ -345,8 +402,14 @@ class Channel:
 class Broker:
     def __init__(self, limits: Limits, journal: Journal | None = None) -> None:
         self.limits = limits
+        # The most a message may take as stored: a pull reply can carry it.
+        self._largest_stored = limits.max_frame_bytes - REPLY_ROOM - DELIVERY_BYTES
         self.journal: Journal = journal or MemoryJournal()
         self.channels: dict[str, Channel] = {}
+        #: Estimated bytes of the messages held (see the module docstring).
+        self.memory = 0.0
+        # Queues per owner, for max_queues_per_user.
+        self.queues_by_owner: dict[str, int] = {}
         # Uids of channels and queues; never reused (storage relies on it).
         self.next_uid = 1
         # (deadline, tiebreak, queue): when to look at a queue's in-flight table.
@@ -367,6 +430,12 @@ class Broker:
         except KeyError:
             raise NotFound(f"queue {name!r} does not exist in channel {channel!r}") from None
 
+    def check_room(self) -> None:
+        """Raises: StorageFull, when the journal takes no new data now."""
+        full = self.journal.full
+        if full is not None:
+            raise StorageFull(full)
+
     def create_channel(self, name: str, owner: str, created_at: float) -> Channel:
         if name in self.channels:
             raise AlreadyExists(f"channel {name!r} already exists")
@@ -374,6 +443,7 @@ class Broker:
             raise LimitExceeded(
                 "too many channels", limit="max_channels", maximum=self.limits.max_channels
             )
+        self.check_room()
         channel = self.channels[name] = Channel(name, owner, created_at, self._new_uid())
         self.journal.channel_saved(channel)
         return channel
@@ -407,7 +477,9 @@ class Broker:
         Raises:
             NotFound: no such channel.
             Forbidden: the queue exists and belongs to someone else.
-            LimitExceeded: the channel has `max_queues_per_channel` queues.
+            LimitExceeded: the channel has `max_queues_per_channel` queues, or
+                the owner `max_queues_per_user`.
+            StorageFull: the queue would be created and the journal is full.
         """
         channel = self.channel(channel_name)
         queue = channel.queues.get(queue_name)
@@ -420,17 +492,27 @@ class Broker:
                 queue.ack_timeout = ack_timeout
                 self.journal.queue_saved(queue)
             return queue, False
-        if len(channel.queues) >= self.limits.max_queues_per_channel:
+        limits = self.limits
+        if len(channel.queues) >= limits.max_queues_per_channel:
             raise LimitExceeded(
                 "too many queues in this channel",
                 limit="max_queues_per_channel",
-                maximum=self.limits.max_queues_per_channel,
+                maximum=limits.max_queues_per_channel,
             )
-        timeout = self.limits.default_ack_timeout if ack_timeout is None else ack_timeout
+        owned = self.queues_by_owner.get(owner, 0)
+        if owned >= limits.max_queues_per_user:
+            raise LimitExceeded(
+                f"user {owner!r} has too many queues",
+                limit="max_queues_per_user",
+                maximum=limits.max_queues_per_user,
+            )
+        self.check_room()
+        timeout = limits.default_ack_timeout if ack_timeout is None else ack_timeout
         queue = Queue(
             channel_name, queue_name, owner, timeout, created_at, self._new_uid(), channel.uid
         )
         channel.queues[queue_name] = queue
+        self.queues_by_owner[owner] = owned + 1
         self.journal.queue_saved(queue)
         return queue, True
 
@@ -463,6 +545,17 @@ class Broker:
     def _drop_queue(self, channel: Channel, queue: Queue) -> None:
         channel.queues.pop(queue.name, None)
         queue.deleted = True
+        owned = self.queues_by_owner.get(queue.owner, 0) - 1
+        if owned > 0:
+            self.queues_by_owner[queue.owner] = owned
+        else:
+            self.queues_by_owner.pop(queue.owner, None)
+        self.memory = max(0.0, self.memory - queue.memory)
+        queue.memory = 0.0
+        queue.held_bytes = 0
+        if not channel.queues:  # nothing held: the fan-out history can go
+            channel.epochs.clear()
+            channel.fanouts.clear()
         waiters = list(queue.waiters)
         queue.waiters.clear()
         queue.fresh.clear()
@@ -490,39 +583,87 @@ class Broker:
 
         Raises:
             NotFound: no such channel.
-            LimitExceeded: some queue would exceed its message or byte limit.
+            StorageFull: the journal takes no new data now.
+            LimitExceeded: some queue would exceed its message or byte limit
+                (counting what it holds, ready or in flight), the broker's
+                memory budget would be exceeded, or a message would be too
+                large, as stored, for a pull reply (`max_frame_bytes`).
         """
         channel = self.channel(channel_name)
+        full = self.journal.full
+        if full is not None:
+            raise StorageFull(full)
         first = channel.next_id
         stamp = encode_timestamp(published_at)
         messages = [
             encode_message_head(first + i, data, stamp, publisher) for i, data in enumerate(datas)
         ]
         size = sum(map(len, messages))
+        count = len(messages)
+        if size > self._largest_stored:  # (the sum tells at once in the usual case)
+            self._refuse_too_large(messages)
         queues = channel.queues.values()
-        limits = self.limits
-        for queue in queues:
-            if len(queue.fresh) + len(queue.retry) + len(messages) > limits.max_queue_messages:
+        fanout = len(queues)
+        if fanout:
+            body = size + count * BODY_OVERHEAD
+            cost = body + fanout * count * SLOT_BYTES
+            limits = self.limits
+            if self.memory + cost > limits.max_memory_bytes:
                 raise LimitExceeded(
-                    f"queue {queue.name!r} is full",
-                    limit="max_queue_messages",
-                    maximum=limits.max_queue_messages,
+                    "the broker holds as many messages as its memory budget allows",
+                    limit="max_memory_bytes",
+                    maximum=limits.max_memory_bytes,
                 )
-            if queue.ready_bytes + size > limits.max_queue_bytes:
-                raise LimitExceeded(
-                    f"queue {queue.name!r} is full",
-                    limit="max_queue_bytes",
-                    maximum=limits.max_queue_bytes,
-                )
-        channel.next_id = first + len(messages)
-        channel.published += len(messages)
+            most_messages = limits.max_queue_messages - count
+            most_bytes = limits.max_queue_bytes - size
+            for queue in queues:
+                if len(queue.fresh) + len(queue.retry) + queue.inflight_count > most_messages:
+                    raise LimitExceeded(
+                        f"queue {queue.name!r} is full",
+                        limit="max_queue_messages",
+                        maximum=limits.max_queue_messages,
+                    )
+                if queue.held_bytes > most_bytes:
+                    raise LimitExceeded(
+                        f"queue {queue.name!r} is full",
+                        limit="max_queue_bytes",
+                        maximum=limits.max_queue_bytes,
+                    )
+        channel.next_id = first + count
+        channel.published += count
         self.journal.published(channel, first, messages)
+        if not fanout:
+            return list(range(first, first + count)), 0
+        fanouts = channel.fanouts
+        if not fanouts or fanouts[-1] != fanout:
+            channel.epochs.append(first)
+            fanouts.append(fanout)
+        self.memory += cost
+        charge = body / fanout + count * SLOT_BYTES
         for queue in queues:
             queue.fresh.extend(messages)
-            queue.ready_bytes += size
+            queue.held_bytes += size
+            queue.memory += charge
             if queue.waiters:
                 self._serve_waiters(queue, now)
         return list(range(first, first + len(messages))), len(queues)
+
+    def _refuse_too_large(self, messages: list[Message]) -> None:
+        """Every message stored must fit in a pull reply on its own (its data
+        may have grown when the server encoded it).
+
+        Raises: LimitExceeded, naming the first that does not.
+        """
+        largest = self._largest_stored
+        for index, message in enumerate(messages):
+            if len(message) > largest:
+                raise LimitExceeded(
+                    f"message {index} takes {len(message)} bytes as the server stores it "
+                    f"(its data as compact JSON, with id, time and publisher), more than "
+                    f"the {largest} that fit in a pull reply",
+                    limit="max_frame_bytes",
+                    maximum=self.limits.max_frame_bytes,
+                )
 
     def pull(self, queue: Queue, max_messages: int, now: float) -> list[Entry]:
         """Put up to `max_messages` ready messages in flight and return them."""
@@ -544,7 +685,9 @@ class Broker:
         settled, unknown = queue.settle_all(ids)
         if not settled:
             return 0, unknown
-        self.journal.acked(queue, [delivery.id for delivery in settled])
+        acked = [delivery.id for delivery in settled]
+        self._release(queue, acked, [delivery.head for delivery in settled])
+        self.journal.acked(queue, acked)
         if queue.waiters:
             # Freed in-flight room may let waiters take messages held back by max_inflight.
             self._serve_waiters(queue, now)
@@ -583,7 +726,8 @@ class Broker:
         Journaled as an ack of the dropped ids, which replay already applies.
         """
         fresh = queue.fresh
-        ids: list[int] = [message_id for message_id, _ in queue.retry]
+        retry = queue.retry
+        ids: list[int] = [message_id for message_id, _ in retry]
         if fresh:
             first, last = head_id(fresh[0]), head_id(fresh[-1])
             if last - first == len(fresh) - 1:
@@ -593,9 +737,11 @@ class Broker:
         if not ids:
             return 0
         self.journal.acked(queue, ids)
+        heads = [entry.head for _, entry in retry]
+        heads.extend(fresh)
+        self._release(queue, ids, heads)
         fresh.clear()
-        queue.retry.clear()
-        queue.ready_bytes = 0
+        retry.clear()
         return len(ids)
 
     # -- ack deadlines ----------------------------------------------------
@@ -652,7 +798,6 @@ class Broker:
         # Every delivery of one pull has the same deadline, so the same lane.
         lane = queue.lane() if retry or fresh else {}
         taken: list[Entry] = []
-        size = 0
         if not retry:
             # The usual case: only fresh messages, and all those taken fit in
             # the reply, so there is no budget to keep message by message.
@@ -665,7 +810,6 @@ class Broker:
                 ids = _slice_ids(heads)
                 taken = list(map(Entry, ids, heads, [1] * fitting, [deadline] * fitting))
                 lane.update(zip(ids, taken, strict=True))
-                queue.ready_bytes -= total
                 queue.inflight_count += fitting
                 self._schedule(queue, deadline)
                 self.journal.delivered(queue, ids)
@@ -688,21 +832,57 @@ class Broker:
             else:
                 break
             budget -= len(message) + 24
-            size += len(message)
             lane[delivery.id] = delivery
             taken.append(delivery)
         if taken:
-            queue.ready_bytes -= size
             queue.inflight_count += len(taken)
             self._schedule(queue, deadline)
             self.journal.delivered(queue, [delivery.id for delivery in taken])
         return taken
 
+    def _release(self, queue: Queue, ids: Ids, heads: list[Message]) -> None:
+        """The queue holds these messages no more (acked, purged): count them out."""
+        size = sum(map(len, heads))
+        count = len(heads)
+        channel = self.channels[queue.channel]
+        if min(ids) >= channel.epochs[-1]:  # the usual case: one fan-out for all
+            body = (size + count * BODY_OVERHEAD) / channel.fanouts[-1]
+        else:  # published to different numbers of queues: each its own share
+            share = channel.share
+            body = sum(
+                (len(head) + BODY_OVERHEAD) * share(message_id)
+                for message_id, head in zip(ids, heads, strict=True)
+            )
+        freed = body + count * SLOT_BYTES
+        queue.held_bytes -= size
+        queue.memory -= freed
+        self.memory = max(0.0, self.memory - freed)
+
+    def recount(self) -> None:
+        """Count memory, bytes and queues per owner anew, as after a recovery.
+
+        The queue counts at publish are not kept across restarts: every
+        message held is taken as published to its channel's queues of now.
+        """
+        self.memory = 0.0
+        self.queues_by_owner = {}
+        for channel in self.channels.values():
+            fanout = max(1, len(channel.queues))
+            channel.epochs = [0]
+            channel.fanouts = [fanout]
+            for queue in channel.queues.values():
+                held = queue.held()
+                queue.held_bytes = sum(map(len, held))
+                queue.memory = (queue.held_bytes + len(held) * BODY_OVERHEAD) / fanout + len(
+                    held
+                ) * SLOT_BYTES
+                self.memory += queue.memory
+                self.queues_by_owner[queue.owner] = self.queues_by_owner.get(queue.owner, 0) + 1
+
     def _requeue(self, queue: Queue, deliveries: list[Entry], now: float) -> None:
         retry = queue.retry
         for delivery in deliveries:
             heapq.heappush(retry, (delivery.id, delivery))
-            queue.ready_bytes += len(delivery.head)
         if queue.waiters:
             self._serve_waiters(queue, now)
 

@@ -37,8 +37,8 @@ class Limits:
     default_ack_timeout: float = 30.0
     min_ack_timeout: float = 0.1
     max_ack_timeout: float = 43200.0
-    # Ready (not yet delivered) messages per queue; a publish that would
-    # overflow any queue of its channel is refused whole with limit_exceeded.
+    # Messages per queue, ready or in flight; a publish that would overflow
+    # any queue of its channel is refused whole with limit_exceeded.
     max_queue_messages: int = 1_000_000
     max_queue_bytes: int = 256 * 1024 * 1024
     # Delivered-but-unacked messages per queue; a pull returns fewer beyond it.
@@ -46,6 +46,17 @@ class Limits:
     max_users: int = 10_000
     max_channels: int = 10_000
     max_queues_per_channel: int = 1_000
+    # Queues one user owns, across channels: each queue multiplies what every
+    # publish to its channel costs. A consumer needs a few; 100 is generous.
+    max_queues_per_user: int = 100
+    # The broker's estimate of the memory its messages take, ready and in
+    # flight: each body once however many queues hold it, plus the most a
+    # queue's hold on a message can cost (see broker.py). A publish beyond it
+    # is refused with limit_exceeded. The process's RSS stays below this
+    # plus its ~75 MiB without messages (measured: bench/fanout_memory.py),
+    # so 1 GiB suits a VM with 2 GiB of RAM. A fixed default, not a share of
+    # the RAM: the same on every machine, as every other limit.
+    max_memory_bytes: int = 1024 * 1024 * 1024
     # Connections in all; the server lowers it to fit its open-files limit
     # (see fdlimit.py). At it, the oldest unauthenticated connection makes
     # room for a new one; only when all are authenticated is the new one refused.
@@ -150,6 +161,14 @@ class StorageConfig:
     # Compaction starts once the log since the last snapshot is at least this
     # large and at least as large as that snapshot.
     compact_min_bytes: int = 64 * 1024 * 1024
+    # Free space kept on the store's filesystem: below it publishes and new
+    # channels, queues and users are refused with storage_full, while acks,
+    # pulls and deletions still write into it. 64 MiB covers a second of
+    # writes at disk speed between probes, and many acks.
+    min_free_bytes: int = 64 * 1024 * 1024
+    # Seconds between probes of the free space (also after every quarter of
+    # min_free_bytes written), and between retries of a stalled log.
+    disk_check_interval: float = 0.5
 
     def __post_init__(self) -> None:
         if self.fsync not in ("always", "interval", "never"):
@@ -158,6 +177,10 @@ class StorageConfig:
             raise ValueError("fsync_interval must be positive")
         if self.segment_bytes < 4096 or self.compact_min_bytes < 4096:
             raise ValueError("segment_bytes and compact_min_bytes must be at least 4096")
+        if self.min_free_bytes < 0:
+            raise ValueError("min_free_bytes must not be negative")
+        if self.disk_check_interval <= 0:
+            raise ValueError("disk_check_interval must be positive")
 
 
 class ConfigError(ValueError):

@@ -89,6 +89,7 @@ from .app import App, Caller
 from .config import Limits
 from .deadlines import DeadlineTimer
 from .errors import (
+    ErrorCode,
     FrameTooLarge,
     InternalError,
     LimitExceeded,
@@ -164,6 +165,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
+        # How many replies in _out are storage_full refusals (see _flush).
+        self._out_refusals = 0
         # Replies waiting for the disk: (ticket, lines), oldest first.
         self._held: deque[tuple[int, list[bytes]]] = deque()
         self._held_bytes = 0
@@ -456,6 +459,8 @@ class Connection(asyncio.Protocol):
         except TcpmqError as exc:
             self._end_run()
             self._answer(head, exc)
+            if exc.code is ErrorCode.STORAGE_FULL:
+                self._out_refusals += 1
             return
         except Exception:
             log.exception("internal error handling a request from %s", self.peer)
@@ -558,15 +563,19 @@ class Connection(asyncio.Protocol):
             replies = [wire.reply_error(head, error) for head in run.heads]
         self._out.extend(replies)
         self._out_bytes += sum(map(len, replies))
+        self._out_refusals += run.refusals
 
     @_guarded
     def _pending_done(self, pending: Pending) -> None:
         if pending is not self._pending:
             return
         self._pending = None
+        outcome = pending.outcome
         if self.state is State.AWAITING_AUTH and self.caller.user is not None:
             self._authenticated()
-        self._answer(self._pending_head, pending.outcome)
+        self._answer(self._pending_head, outcome)
+        if isinstance(outcome, TcpmqError) and outcome.code is ErrorCode.STORAGE_FULL:
+            self._out_refusals += 1
         if self._limits.idle_timeout and self._loop is not None:
             # A long poll was activity: idleness counts from its end.
             self._last_read = self._loop.time()
@@ -671,6 +680,17 @@ class Connection(asyncio.Protocol):
             # The replies in _out were all made since the last flush: a ticket
             # taken now covers every change they report.
             ticket = commits.ticket()
+            if not held and ticket <= commits.durable():
+                self._out_bytes = 0
+                self._out_refusals = 0
+                self._write(out)
+                return
+            if self._out_refusals == len(out):
+                # Only storage_full refusals: they change and reveal nothing,
+                # so they wait for no disk, only behind this connection's
+                # earlier replies. A stalled store answers them at once.
+                ticket = held[-1][0] if held else commits.durable()
+            self._out_refusals = 0
             if not held and ticket <= commits.durable():
                 self._out_bytes = 0
                 self._write(out)
@@ -792,10 +812,10 @@ class Connection(asyncio.Protocol):
             transport.resume_reading()
 
     def fail(self, reason: TcpmqError) -> None:
-        """End the connection at once with `reason`, dropping held replies.
+        """End the connection at once with `reason`, dropping every reply not sent.
 
-        Used when the store cannot write: replies waiting for the disk will
-        never be true, so they must not be sent.
+        How a connection is shed to make room for a new one (registry.py):
+        no lingering, nothing waited for.
         """
         self._held.clear()
         self._held_bytes = 0

@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     ALREADY_EXISTS = "already_exists"
     LIMIT_EXCEEDED = "limit_exceeded"
+    STORAGE_FULL = "storage_full"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 
@@ -152,6 +153,12 @@ class LimitExceeded(TcpmqError):
             super().__init__(message, limit=limit, max=maximum, retry_after=retry_after)
 
 
+class StorageFull(TcpmqError):
+    """The store refuses new data: its disk is (nearly) full, or it cannot write."""
+
+    code = ErrorCode.STORAGE_FULL
+
+
 class ShuttingDown(TcpmqError):
     code = ErrorCode.SHUTTING_DOWN
 
@@ -173,6 +180,7 @@ ERROR_CLASSES: dict[ErrorCode, type[TcpmqError]] = {
         NotFound,
         AlreadyExists,
         LimitExceeded,
+        StorageFull,
         ShuttingDown,
         InternalError,
     )

@@ -28,6 +28,7 @@ from .errors import (
     AlreadyExists,
     AuthFailed,
     BadRequest,
+    ErrorCode,
     Forbidden,
     LimitExceeded,
     NotFound,
@@ -212,6 +213,7 @@ def op_user_create(app: App, caller: Caller, request: wire.UserCreateRequest) ->
     _require_admin(caller)
     if app.users.find(request.name) is not None:
         raise AlreadyExists(f"user {request.name!r} already exists")
+    app.backend.check_room()  # before the password is hashed
 
     async def create() -> User:
         # An authenticated caller's hash goes first, as a trusted login's.
@@ -421,7 +423,7 @@ class PublishRun:
     each gets the result it would have had alone.
     """
 
-    __slots__ = ("batches", "channel", "datas", "heads", "size")
+    __slots__ = ("batches", "channel", "datas", "heads", "refusals", "size")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
@@ -430,6 +432,8 @@ class PublishRun:
         # The requests with `messages`, by index: their message counts.
         self.batches: dict[int, int] = {}
         self.size = 0
+        #: Replies that are storage_full refusals (see Connection._flush).
+        self.refusals = 0
 
     def add(self, head: bytes, data: bytes) -> None:
         """Add a publish of one message (nearly every publish)."""
@@ -459,6 +463,10 @@ class PublishRun:
         try:
             first, queues = publish(self.channel, self.datas, publisher, now)
         except TcpmqError as exc:
+            if exc.code is ErrorCode.STORAGE_FULL:
+                # Nothing of the run can be published: refuse each alike.
+                self.refusals = len(self.heads)
+                return [wire.reply_error(head, exc) for head in self.heads]
             if len(self.heads) == 1:
                 return [wire.reply_error(self.heads[0], exc)]
             return self._one_by_one(app, caller, now)
@@ -480,6 +488,8 @@ class PublishRun:
                 first, queues = app.backend.publish(self.channel, datas, caller.name_json, now)
             except TcpmqError as exc:
                 replies.append(wire.reply_error(head, exc))
+                if exc.code is ErrorCode.STORAGE_FULL:
+                    self.refusals += 1
             else:
                 replies.append(wire.publish_reply(head, first, count, queues))
         return replies

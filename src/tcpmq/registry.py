@@ -34,9 +34,9 @@ class Endable(Protocol):
         """Send the replies made, then `bye` with `reason`, then close."""
 
     def fail(self, reason: TcpmqError) -> None:
-        """Close at once with `bye`, dropping replies that wait for the disk.
+        """Close at once with `bye`, dropping the replies not sent yet.
 
-        Also how a connection is shed to make room: no lingering.
+        How a connection is shed to make room: no lingering.
         """
 
     def abort(self) -> None:

@@ -46,7 +46,7 @@ from .config import ServerConfig
 from .connection import Connection
 from .datadir import DataDirLock, check_permissions
 from .deadlines import DeadlineTimer
-from .errors import InternalError, ShuttingDown
+from .errors import ShuttingDown
 from .exposure import refuse_exposed_plaintext
 from .fdlimit import budget, raise_nofile_limit
 from .loginlimits import LoginLimiter
@@ -101,8 +101,6 @@ class Server:
         #: Where the clear-text listener beside TLS listens (`plain_listen`), once started.
         self.plain_address: tuple[str, int] | None = None
         self.app: App
-        #: Set when the store failed to write; the server stops.
-        self.failure: BaseException | None = None
         self._stopping: asyncio.Event | None = None
         self._lock = DataDirLock(config.data_dir)
 
@@ -184,9 +182,7 @@ class Server:
             backend = open_memory_backend(config.limits, loop)
             log.info("store: memory (nothing is kept across restarts)")
         else:
-            log_backend = open_log_backend(
-                config.data_dir, config.limits, config.storage, loop, self._storage_failed
-            )
+            log_backend = open_log_backend(config.data_dir, config.limits, config.storage, loop)
             log.info(
                 "store recovered: %d channels, %d queued messages in %.2f s (fsync=%s)",
                 len(log_backend.broker.channels),
@@ -304,19 +300,6 @@ class Server:
         finally:
             log.info("stopping")
             await self.stop()
-        if self.failure is not None:
-            raise OSError(f"stopped because the store could not write: {self.failure}")
-
-    def _storage_failed(self, exc: BaseException) -> None:
-        # Nothing more can be made durable: refuse everything and stop.
-        self.failure = exc
-        for listener in self._servers:
-            listener.close()
-        failed = InternalError("the broker's store failed; the server is stopping")
-        for connection in list(self.connections.open):
-            connection.fail(failed)
-        if self._stopping is not None:
-            self._stopping.set()
 
     def new_connection(self) -> Connection:
         """A connection to this server's app (the listener makes one per client)."""

@@ -34,7 +34,7 @@ from typing import Protocol
 import orjson
 
 from .auth import load_or_create_secret, write_private_file
-from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound
+from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, StorageFull
 
 USERS_FILE = "users.json"
 # Version 2 added `tokens_valid_after`; a version 1 file reads as never revoked.
@@ -96,6 +96,8 @@ class UserDirectory(Protocol):
         Raises:
             AlreadyExists: a user of that name exists.
             LimitExceeded: `max_users` users exist.
+            StorageFull: the directory could not be written (every change may
+                raise it; nothing changed then).
         """
 
     async def delete(self, name: str) -> User:
@@ -222,7 +224,14 @@ class FileUserDirectory(_Users):
 
     async def _store(self, users: dict[str, User]) -> None:
         # The write fsyncs twice: a thread keeps that off the event loop.
-        await asyncio.to_thread(write_private_file, self.path, encode_users(users))
+        try:
+            await asyncio.to_thread(write_private_file, self.path, encode_users(users))
+        except OSError as exc:
+            # A full disk, a quota, an I/O error: the old file is intact and
+            # the change has not taken effect (the callers store first).
+            raise StorageFull(
+                f"the user directory could not be written ({exc.strerror or exc}); nothing changed"
+            ) from exc
 
 
 def load_users(path: Path) -> dict[str, User]:

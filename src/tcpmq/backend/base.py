@@ -49,10 +49,16 @@ class Backend(Protocol):
     name: str
     commits: Commits
 
+    def check_room(self) -> None:
+        """Whether new data (a user, say) may be stored now.
+
+        Raises: StorageFull, while the store's disk is (nearly) full or it cannot write.
+        """
+
     # -- channels -------------------------------------------------------------
 
     def create_channel(self, name: str, owner: str, created_at: float) -> Result | Pending:
-        """Result: `channel`. Raises: AlreadyExists, LimitExceeded."""
+        """Result: `channel`. Raises: AlreadyExists, LimitExceeded, StorageFull."""
 
     def delete_channel(self, name: str, user: str, admin: bool) -> Result | Pending:
         """Raises: NotFound, Forbidden (neither owner nor admin)."""
@@ -74,7 +80,8 @@ class Backend(Protocol):
         ack_timeout: float | None,
         created_at: float,
     ) -> Result | Pending:
-        """Result: `queue`, `created`. Raises: NotFound, Forbidden, LimitExceeded."""
+        """Result: `queue`, `created`. Raises: NotFound, Forbidden, LimitExceeded, StorageFull
+        (the last two only when the queue would be created)."""
 
     def list_queues(self, channel: str | None, now: float) -> Result | Pending:
         """Result: `queues` of `channel` sorted by name, or with None of every
@@ -103,7 +110,9 @@ class Backend(Protocol):
 
         Raises:
             NotFound: no such channel.
-            LimitExceeded: some queue would exceed its message or byte limit.
+            StorageFull: the store takes no new data now.
+            LimitExceeded: some queue would exceed its message or byte limit,
+                the memory budget would, or a message is too large as stored.
         """
 
     def pull(

@@ -96,6 +96,9 @@ class CoreBackend:
         self._loop = loop
         self._close_store = close_store
 
+    def check_room(self) -> None:
+        self.broker.check_room()
+
     # -- channels -------------------------------------------------------------
 
     def create_channel(self, name: str, owner: str, created_at: float) -> Result:

@@ -8,7 +8,6 @@ it. On start the broker is rebuilt from the newest snapshot and the log.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 from ..broker import Broker
@@ -26,7 +25,6 @@ def open_log_backend(
     limits: Limits,
     storage: StorageConfig,
     loop: asyncio.AbstractEventLoop,
-    on_failure: Callable[[BaseException], None],
 ) -> LogBackend:
     """Recover the state kept in `data_dir` and journal every change from now on.
 
@@ -34,7 +32,7 @@ def open_log_backend(
         FormatError: the store is damaged beyond a torn tail.
     """
     broker = Broker(limits)
-    store = open_store(data_dir, broker, storage, on_failure)
+    store = open_store(data_dir, broker, storage)
     backend = LogBackend("log", broker, store, loop, store.close)
     backend.store = store
     return backend

@@ -82,6 +82,22 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"log size that may start a compaction (default {defaults.compact_min_bytes})",
     )
+    group.add_argument(
+        "--min-free-bytes",
+        type=int,
+        default=defaults.min_free_bytes,
+        metavar="N",
+        help="free disk space below which publishes and creations get storage_full "
+        f"(default {defaults.min_free_bytes})",
+    )
+    group.add_argument(
+        "--disk-check-interval",
+        type=float,
+        default=defaults.disk_check_interval,
+        metavar="SECONDS",
+        help="how often the free space is read and a failed write retried "
+        f"(default {defaults.disk_check_interval})",
+    )
 
 
 def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
@@ -225,6 +241,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
             fsync_interval=args.fsync_interval,
             segment_bytes=args.segment_bytes,
             compact_min_bytes=args.compact_min_bytes,
+            min_free_bytes=args.min_free_bytes,
+            disk_check_interval=args.disk_check_interval,
         ),
         tls=tls,
         plain_listen=args.plain_listen,

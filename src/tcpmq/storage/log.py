@@ -29,6 +29,20 @@ records and synced first, so only the last segment ever ends in zeros.
 A segment is sealed once it exceeds `segment_bytes`; the next one starts
 with the next sequence number. Sealed segments are deleted when a snapshot
 (see snapshot.py) covers them.
+
+Failures (a full disk, a quota, a file size limit, an I/O error, no file
+descriptor left) never end the process, and never let a reply claim what did
+not happen. A write that fails keeps its bytes in the buffer; the log is
+*stalled* and writes nothing more until `retry` (called by the store's disk
+probe) writes them. A sync that fails may have lost the pages it was syncing
+(the kernel can drop them and report success to the next fsync), so the
+writer keeps every chunk written since the last good sync and, on `retry`,
+writes them again at their offsets and syncs them anew; until that sync
+succeeds nothing new is written and `durable` does not move. A segment that
+cannot be sealed or created (ENOSPC, EMFILE) leaves the log in the current
+segment, past `segment_bytes`, until a later roll succeeds. While stalled,
+replies wait for the disk as always; `stalled` says why, and the owner hears
+of each change through `on_health_change`.
 """
 
 from __future__ import annotations
@@ -36,9 +50,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,9 +90,22 @@ def fsync_directory(directory: Path) -> None:
 
 
 def create_segment(directory: Path, seq: int) -> int:
-    """Create segment `seq` with its header; returns its fd, open for writing."""
-    fd = os.open(segment_path(directory, seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, header(Kind.LOG, seq))
+    """Create segment `seq` with its header; returns its fd, open for writing.
+
+    Raises:
+        OSError: nothing was left behind (a half-made segment is removed).
+    """
+    path = segment_path(directory, seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        data = header(Kind.LOG, seq)
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "short write of a segment header")
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return fd
 
 
@@ -90,7 +119,7 @@ class LogWriter:
         policy: FsyncPolicy,
         fsync_interval: float,
         segment_bytes: int,
-        on_failure: Callable[[BaseException], None],
+        on_health_change: Callable[[], None],
     ) -> None:
         """Append to segment `seq`, which exists and holds `size` bytes."""
         self.directory = directory
@@ -101,10 +130,23 @@ class LogWriter:
         # Bytes of the file that exist (records, then zeros written ahead).
         self._allocated = size
         self._preallocate = policy is not FsyncPolicy.NEVER
+        self._zeros_failed = False
         self._fd = os.open(segment_path(directory, seq), os.O_WRONLY)
         self._loop = asyncio.get_running_loop()
-        self._on_failure = on_failure
+        self._on_health_change = on_health_change
         self._buffer: list[bytes] = []
+        # Why the log is stalled (see the module docstring), if it is.
+        self._write_error: OSError | None = None
+        self._sync_error: OSError | None = None
+        # A segment could not be sealed or created: stay in this one until retry.
+        self._roll_blocked = False
+        self._retrying = False
+        # Chunks written but not yet covered by a good sync, to write again if
+        # a sync fails: (log position after it, segment seq, offset in the
+        # file, bytes). Segments, not fds: the sync thread closes sealed
+        # segments, and their fd numbers are reused.
+        self._unsynced: deque[tuple[int, int, int, bytes]] = deque()
+        self._keep_unsynced = policy is not FsyncPolicy.NEVER
         self._flush_scheduled = False
         #: Bytes appended since start (buffered or written); a record's position.
         self.appended = 0
@@ -121,14 +163,16 @@ class LogWriter:
         self._thread_synced = 0
         self._thread_failed = False
         self._dirty: set[int] = set()
-        self._to_close: list[int] = []
+        self._to_close: list[tuple[int, int]] = []  # sealed (seq, fd)
         self._new_files = False
         self._requested = 0
         self._started = 0
         self._idle = False
         self._stopping = False
         self._waiters: list[Callable[[], None]] = []
-        self._failed: BaseException | None = None
+        # Set by a failed sync (with the lock): the thread syncs nothing more
+        # until the loop has written the unsynced chunks again (`_resync`).
+        self._resync = False
         self._closed = False
         #: Completed fsync rounds (each may cover many replies: group commit).
         self.syncs = 0
@@ -141,14 +185,23 @@ class LogWriter:
 
     @property
     def durable(self) -> int:
-        """Bytes a reply may count on: on disk with `always`, else handed to the log."""
+        """Bytes a reply may count on: on disk with `always`, else handed to the
+        log, or while a write fails, to the OS (a crash of the process must not
+        lose what a reply confirmed)."""
         if self.policy is FsyncPolicy.ALWAYS:
             return self._synced
+        if self._write_error is not None:
+            return self._written
         return self.appended
 
+    @property
+    def stalled(self) -> OSError | None:
+        """The failure that keeps the log from writing, or None while it writes."""
+        return self._write_error or self._sync_error
+
     def append(self, record: bytes) -> None:
-        if self._failed is not None or self._closed:
-            raise OSError("the log is not writable")
+        if self._closed:
+            raise OSError("the log is closed")
         self._buffer.append(record)
         self.appended += len(record)
         if not self._flush_scheduled:
@@ -175,7 +228,7 @@ class LogWriter:
                 if self._idle:
                     self._wake.notify()
             while self._thread_synced < target and not self._thread_failed:
-                if self._failed is not None or not self._thread.is_alive():
+                if not self._thread.is_alive():
                     return
                 self._done.wait(1.0)
             if self._thread_failed:
@@ -187,29 +240,68 @@ class LogWriter:
             self._loop.call_soon(self._synced_to, target)
 
     def roll(self) -> int:
-        """Seal the current segment now and start the next; returns the new seq."""
+        """Seal the current segment now and start the next; returns the new seq.
+
+        Raises:
+            OSError: the log is stalled, or the segment could not be sealed or
+                created; nothing changed (compaction relies on it).
+        """
         self._flush()
+        if self.stalled is not None:
+            raise OSError(f"the log is stalled: {self.stalled}")
+        seq = self.seq
         self._start_segment()
+        if self.seq == seq:
+            raise OSError("could not start a new log segment")
         return self.seq
+
+    def retry(self) -> None:
+        """Try again what a failure stopped: a sync, a write, a segment roll."""
+        if self._closed:
+            return
+        self._roll_blocked = False
+        if self._sync_error is not None:
+            self._rewrite_unsynced()
+        elif self._write_error is not None:
+            self._write_error = None
+            self._retrying = True
+            try:
+                self._flush()
+            finally:
+                self._retrying = False
+            if self._write_error is None:
+                log.warning("the log writes again")
+                self._on_health_change()
+                if self.policy is not FsyncPolicy.ALWAYS:
+                    self._call_waiters()  # `durable` moved on
+        elif self._segment_size >= self._segment_bytes:
+            self._flush()
+            self._start_segment()
+        if not self._preallocate and self.policy is not FsyncPolicy.NEVER and not self.stalled:
+            self._preallocate = True  # try the zeros ahead again at the next write
 
     # -- writing ------------------------------------------------------------
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._buffer or self._failed is not None:
+        if not self._buffer or self._write_error is not None or self._sync_error is not None:
             return
         data = b"".join(self._buffer)
         self._buffer.clear()
         try:
             _write_at(self._fd, memoryview(data), self._segment_size)
         except OSError as exc:
-            self._fail(exc)
+            # Kept, to be written at the same offset by `retry`: nothing is lost.
+            self._buffer.insert(0, data)
+            self._stall_write(exc)
             return
         self._written += len(data)
+        if self._keep_unsynced:
+            self._unsynced.append((self._written, self.seq, self._segment_size, data))
         self._segment_size += len(data)
         with self._lock:
             self._dirty.add(self._fd)
-        if self._segment_size >= self._segment_bytes:
+        if self._segment_size >= self._segment_bytes and not self._roll_blocked:
             self._start_segment()
         elif self._preallocate and self._allocated - self._segment_size < PREALLOCATE_BYTES // 2:
             self._write_zeros_ahead()
@@ -230,7 +322,10 @@ class LogWriter:
             # Only an optimisation failed (a full disk, a file size limit): the
             # records are intact, and writing them decides whether we go on.
             self._preallocate = False
-            log.warning("writing zeros ahead of the log failed, going on without: %s", exc)
+            # Said once: `retry` tries again every probe while the disk is full.
+            level = logging.DEBUG if self._zeros_failed else logging.WARNING
+            self._zeros_failed = True
+            log.log(level, "writing zeros ahead of the log failed, going on without: %s", exc)
 
     def _cut_to_records(self) -> None:
         # Drop the zeros written ahead and make that durable, so that only
@@ -245,10 +340,15 @@ class LogWriter:
             self._cut_to_records()
             fd = create_segment(self.directory, self.seq + 1)
         except OSError as exc:
-            self._fail(exc)
+            # The records are safe where they are: the log goes on in this
+            # segment, past its size, until `retry` lets it roll again.
+            self._roll_blocked = True
+            log.warning(
+                "could not start log segment %d, going on in this one: %s", self.seq + 1, exc
+            )
             return
         with self._lock:
-            self._to_close.append(self._fd)
+            self._to_close.append((self.seq, self._fd))
             self._dirty.add(fd)
             self._new_files = True
         self._fd = fd
@@ -260,8 +360,8 @@ class LogWriter:
     def _close_sealed(self) -> None:
         with self._lock:
             to_close, self._to_close = self._to_close, []
-            self._dirty.difference_update(to_close)
-        for fd in to_close:
+            self._dirty.difference_update(fd for _, fd in to_close)
+        for _, fd in to_close:
             os.close(fd)
 
     # -- syncing ------------------------------------------------------------
@@ -286,13 +386,21 @@ class LogWriter:
     def _sync_round(self) -> bool:
         # Runs in the sync thread; False once it should end.
         with self._lock:
-            while self._requested == self._started and not self._stopping:
+            while (
+                not self._resync
+                and not self._stopping
+                and (self._thread_failed or self._requested == self._started)
+            ):
                 self._idle = True
                 self._wake.wait()
             self._idle = False
             last = self._stopping
-            if last and self._requested == self._started and not self._dirty:
+            if last and (
+                self._thread_failed or (self._requested == self._started and not self._dirty)
+            ):
                 return False
+            resync, self._resync = self._resync, False
+            self._thread_failed = False
             target = self._started = self._requested
             fds = list(self._dirty)
             self._dirty.clear()
@@ -302,14 +410,19 @@ class LogWriter:
             self._sync(fds, to_close, new_files)
         except OSError as exc:
             with self._lock:
+                # Everything of this round is to be synced again, after the
+                # loop has written it again (see `_rewrite_unsynced`).
                 self._thread_failed = True
+                self._dirty.update(fds)
+                self._to_close[:0] = to_close
+                self._new_files = self._new_files or new_files
                 self._done.notify_all()
-            self._report(self._fail, exc)
-            return False
+            self._report(self._sync_failed, exc)
+            return not last
         with self._lock:
             self._thread_synced = target
             self._done.notify_all()
-        self._report(self._synced_to, target)
+        self._report(self._synced_to, target, resync)
         return not last
 
     def _report(self, callback: Callable[..., None], *args: object) -> None:
@@ -317,27 +430,74 @@ class LogWriter:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _sync(self, fds: list[int], to_close: list[int], new_files: bool) -> None:
+    def _sync(self, fds: list[int], to_close: list[tuple[int, int]], new_files: bool) -> None:
         # Runs in the sync thread.
         for fd in fds:
             os.fdatasync(fd)
         if new_files:
             fsync_directory(self.directory)
-        for fd in to_close:
+        for _, fd in to_close:
             os.close(fd)
+
+    # -- failures -------------------------------------------------------------
+
+    def _stall_write(self, exc: OSError) -> None:
+        first = self.stalled is None and not self._retrying
+        self._write_error = exc
+        if first:
+            log.error("log write failed, holding new data until it can be written: %s", exc)
+            self._on_health_change()
+
+    def _sync_failed(self, exc: OSError) -> None:
+        first = self.stalled is None
+        self._sync_error = exc
+        if first:
+            log.error("log sync failed, writing the unsynced data again on retry: %s", exc)
+            self._on_health_change()
+
+    def _rewrite_unsynced(self) -> None:
+        """Write every chunk since the last good sync again, then have it synced."""
+        with self._lock:
+            # A sealed segment no longer open was synced before it was closed.
+            fds = dict(self._to_close)
+        fds[self.seq] = self._fd
+        try:
+            for _, seq, offset, data in self._unsynced:
+                if seq in fds:
+                    _write_at(fds[seq], memoryview(data), offset)
+        except OSError as exc:
+            log.warning("writing the unsynced log data again failed: %s", exc)
+            return
+        with self._lock:
+            self._resync = True
+            if self._idle:
+                self._wake.notify()
 
     def _thread_exited(self) -> None:
         if not self._exited.done():
             self._exited.set_result(None)
 
-    def _synced_to(self, target: int) -> None:
-        if self._failed is not None:
-            return
+    def _synced_to(self, target: int, resync: bool = False) -> None:
+        unsynced = self._unsynced
+        while unsynced and unsynced[0][0] <= target:
+            unsynced.popleft()
+        # Only a sync of the rewritten chunks ends a failed sync's stall (a
+        # report from `sync_now` may come after the failure's).
+        if resync and self._sync_error is not None:
+            # The resync covered everything rewritten: write the rest now.
+            self._sync_error = None
+            log.warning("the log syncs again")
+            self._on_health_change()
+            if self._buffer:
+                self._flush()
         if target > self._synced:
             self._synced = target
             self.syncs += 1
         elif not self._waiters:
             return
+        self._call_waiters()
+
+    def _call_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
@@ -345,17 +505,6 @@ class LogWriter:
     def _tick(self, interval: float) -> None:
         self._request_sync()
         self._interval_timer = self._loop.call_later(interval, self._tick, interval)
-
-    def _fail(self, exc: BaseException) -> None:
-        # After a failed write or fsync nothing more can be promised (the
-        # kernel may have dropped the dirty pages): stop taking writes.
-        if self._failed is None:
-            self._failed = exc
-            log.critical("log write failed: %s", exc)
-            self._on_failure(exc)
-            waiters, self._waiters = self._waiters, []
-            for callback in waiters:
-                callback()
 
     # -- closing ------------------------------------------------------------
 
@@ -374,13 +523,19 @@ class LogWriter:
             self._wake.notify()
         await self._exited
         self._thread.join()
-        if self._failed is None:
+        if self.stalled is not None:
+            # Replies covering these bytes were never sent: nothing is lost
+            # that anyone was told is kept.
+            log.error(
+                "closing a stalled log; %d bytes could not be written", sum(map(len, self._buffer))
+            )
+        else:
             with contextlib.suppress(OSError):
                 self._cut_to_records()
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
-        for fd in {*self._to_close, self._fd}:
+        for fd in {*(fd for _, fd in self._to_close), self._fd}:
             os.close(fd)
         self._to_close.clear()
 

@@ -212,11 +212,11 @@ class Replay:
                     )
                 else:
                     queue.fresh = deque(queue_state.messages.values())
-                queue.ready_bytes = sum(map(len, queue_state.messages.values()))
                 held_total += len(queue_state.messages)
                 channel.queues[queue.name] = queue
             broker.channels[name] = channel
         broker.next_uid = self.next_uid
+        broker.recount()
         return held_total
 
 

@@ -91,6 +91,19 @@ def write_snapshot(directory: Path, state: Capture) -> int:
     """Write `state` durably as snapshot `state.seq`; returns its size in bytes."""
     path = snapshot_path(directory, state.seq)
     tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        size = _write(tmp, state)
+    except OSError:
+        # A full disk: the half-written file would only take the space the
+        # log needs. The old snapshot and the whole log are intact.
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    fsync_directory(directory)
+    return size
+
+
+def _write(tmp: Path, state: Capture) -> int:
     counts = {"channels": 0, "queues": 0, "messages": 0}
     with open(tmp, "wb", buffering=1024 * 1024, opener=_private) as out:
         out.write(header(Kind.SNAPSHOT, state.seq))
@@ -139,10 +152,7 @@ def write_snapshot(directory: Path, state: Capture) -> int:
         out.write(encode_json(RecordType.END, {"next_uid": state.next_uid, **counts}))
         out.flush()
         os.fsync(out.fileno())
-        size = out.tell()
-    os.replace(tmp, path)
-    fsync_directory(directory)
-    return size
+        return out.tell()
 
 
 def _private(path: str, flags: int) -> int:
