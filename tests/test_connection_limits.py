@@ -337,3 +337,40 @@ def test_idle_timeout_and_tcp_keepalive_may_be_off_and_no_other_limit() -> None:
     for name in ("max_connections_per_address", "max_auth_frame_bytes", "close_linger"):
         with pytest.raises(ValueError, match=name):
             Limits(**{name: 0})
+
+
+async def until_backed_up(server: Server, count: int) -> None:
+    """Return once `count` connections hold write_buffer_high of unsent replies."""
+    while server.connections.backed_up_count != count:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+
+
+async def test_readers_that_never_read_share_one_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    high = 64 * 1024
+    async with (
+        running_server(
+            tmp_path / "data",
+            write_buffer_high=high,
+            max_pipeline_bytes=high,
+            max_buffered_bytes=2 * high,
+            write_stall_timeout=300,
+            close_linger=60,
+        ) as srv,
+        open_user_wire(srv, "admin") as first,
+        open_user_wire(srv, "admin") as second,
+        open_user_wire(srv, "admin") as third,
+    ):
+        flood = b'{"op":"help"}\n' * 4096
+        for count, staller in enumerate((first, second), 1):
+            staller.writer.write(flood * 8)
+            await until_backed_up(srv, count)
+        # A third would pass the budget: the one that stopped reading first goes.
+        third.writer.write(flood * 8)
+        with suppress(ConnectionError):  # its unread requests may turn the close into a reset
+            while await asyncio.wait_for(first.reader.read(1 << 20), REPLY_TIMEOUT):
+                pass
+        await until_backed_up(srv, 2)
+        assert len(srv.connections) == 2  # the other two are held, not closed
+        assert "passed max_buffered_bytes" in caplog.text

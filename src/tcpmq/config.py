@@ -107,6 +107,13 @@ class Limits:
     # Unsent reply bytes per connection above which the server stops reading
     # that connection's requests until the client catches up.
     write_buffer_high: int = 4 * 1024 * 1024
+    # Unsent replies of all connections together, each connection whose
+    # replies back up counted as write_buffer_high (it holds at least that):
+    # beyond it the connection that stopped reading first is closed, so
+    # clients that never read cannot add up to more than this (128 of them
+    # at the default write_buffer_high). Messages are bounded apart, by
+    # max_memory_bytes: a stuck reader must not stop everyone's publishes.
+    max_buffered_bytes: int = 512 * 1024 * 1024
     # Requests of one connection handled before the loop turns to the others
     # (and to finished disk syncs); the rest wait for the connection's next
     # turn. Four times as many while none of its replies wait for the disk.

@@ -316,10 +316,13 @@ class Connection(asyncio.Protocol):
             self._stall_checked = self._loop.time()
             self._arm(self._stall_checked + self._limits.write_stall_timeout)
         self._update_reading()
+        # Last: past the server's budget for unsent replies this may close one.
+        self.app.connections.backed_up(self)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._stall_size = -1
+        self.app.connections.caught_up(self)
         if self._backlog:
             asyncio.get_running_loop().call_soon(self._resume)
         else:

@@ -12,11 +12,18 @@ The oldest connection that has not authenticated yet is closed to make room
 addresses cannot lock out a client that authenticates promptly; only when
 every connection is authenticated is the newcomer refused. The cap on one
 address is never shed for: a flood from one address meets its own limit.
+
+Unsent replies: a connection whose client stops reading holds up to
+`write_buffer_high` (and then stops being read). Each one in that state is
+counted as holding that much; beyond `max_buffered_bytes` in all, the one
+that stopped reading first is closed, so readers that never read cannot add
+up to more memory than that, whatever their number.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 from .config import Limits
@@ -25,6 +32,8 @@ from .errors import AuthFailed, LimitExceeded, TcpmqError
 if TYPE_CHECKING:
     from .caller import Caller
     from .users import User
+
+log = logging.getLogger(__name__)
 
 
 class Endable(Protocol):
@@ -53,6 +62,8 @@ class Connections:
         self._address: dict[Endable, str] = {}
         # Not yet authenticated, oldest first (a dict keeps insertion order).
         self._unauthenticated: dict[Endable, None] = {}
+        # Whose unsent replies reached write_buffer_high, the earliest first.
+        self._backed_up: dict[Endable, None] = {}
         self._all_closed: asyncio.Event | None = None  # set while waiting for it
 
     def __len__(self) -> int:
@@ -114,6 +125,45 @@ class Connections:
             if not bound:
                 del self._by_user[name]
 
+    def backed_up(self, connection: Endable) -> None:
+        """`connection` holds `write_buffer_high` of unsent replies (its client reads none).
+
+        Past `max_buffered_bytes` in all, the connection backed up longest is
+        closed at once, its unsent replies dropped.
+        """
+        backed_up = self._backed_up
+        backed_up[connection] = None
+        limits = self._limits
+        # The newest stays: the budget always admits one.
+        while len(backed_up) * limits.write_buffer_high > limits.max_buffered_bytes:
+            earliest = next(iter(backed_up))
+            if earliest is connection:
+                break
+            del backed_up[earliest]
+            log.warning(
+                "closing %s: it read none of its replies, and unread replies of all"
+                " connections passed max_buffered_bytes (%d)",
+                earliest.caller.peer,
+                limits.max_buffered_bytes,
+            )
+            earliest.fail(
+                LimitExceeded(
+                    "too many unread replies on the server: this connection read none of its "
+                    "replies for the longest",
+                    limit="max_buffered_bytes",
+                    maximum=limits.max_buffered_bytes,
+                )
+            )
+
+    @property
+    def backed_up_count(self) -> int:
+        """How many connections hold `write_buffer_high` of unsent replies."""
+        return len(self._backed_up)
+
+    def caught_up(self, connection: Endable) -> None:
+        """`connection`'s unsent replies went below `write_buffer_high` again."""
+        self._backed_up.pop(connection, None)
+
     def forget(self, connection: Endable) -> None:
         """The connection is gone: count it out everywhere (again is harmless)."""
         self._forget(connection)
@@ -126,6 +176,7 @@ class Connections:
         self.open.discard(connection)
         self._by_caller.pop(connection.caller, None)
         self._unauthenticated.pop(connection, None)
+        self._backed_up.pop(connection, None)
         address = self._address.pop(connection, None)
         if address is not None:
             left = self._by_address[address] - 1
