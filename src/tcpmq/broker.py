@@ -845,7 +845,10 @@ class Broker:
         size = sum(map(len, heads))
         count = len(heads)
         channel = self.channels[queue.channel]
-        if min(ids) >= channel.epochs[-1]:  # the usual case: one fan-out for all
+        epochs = channel.epochs
+        # The usual case: one fan-out for all. With one epoch every message
+        # held is from it (the history starts again only with no queue left).
+        if len(epochs) == 1 or min(ids) >= epochs[-1]:
             body = (size + count * BODY_OVERHEAD) / channel.fanouts[-1]
         else:  # published to different numbers of queues: each its own share
             share = channel.share

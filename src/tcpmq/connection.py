@@ -444,13 +444,19 @@ class Connection(asyncio.Protocol):
 
     def _handle(self, frame: bytes) -> None:
         head = b""
+        # READY admits every op: skip the checks below there. A connection
+        # that is CLOSING answers what it read as its caller allows.
+        unauthenticated = self.state is not _READY and self.caller.user is None
+        if unauthenticated and len(frame) > self._auth_frame_bytes:
+            # Refused before it is parsed; closing empties the backlog.
+            limit = self._auth_frame_bytes
+            self._refuse_frame(FrameTooLarge(limit, _auth_limit_name(self._limits)))
+            return
         try:
             request = wire.parse_frame(frame)
             head = wire.take_id(request)
             op = wire.take_op(request)
-            # READY admits every op: skip the set lookup there. A connection
-            # that is CLOSING answers what it read as its caller allows.
-            if self.state is not _READY and self.caller.user is None and op not in _PRE_AUTH:
+            if unauthenticated and op not in _PRE_AUTH:
                 raise Unauthenticated("authenticate first with auth or login")
             if op == "publish":
                 channel, data = decode_publish(self.app, self.caller, request)
@@ -635,14 +641,6 @@ class Connection(asyncio.Protocol):
                 self._refuse_frame(
                     self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
                 )
-                return
-            if (
-                self.state is not _READY
-                and self.caller.user is None
-                and len(frame) > self._auth_frame_bytes
-            ):
-                limit = self._auth_frame_bytes
-                self._refuse_frame(FrameTooLarge(limit, _auth_limit_name(self._limits)))
                 return
             self._backlog_bytes -= len(frame)
             self._handle(frame)
