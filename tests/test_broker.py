@@ -197,3 +197,19 @@ def test_a_shorter_ack_timeout_expires_new_deliveries_first() -> None:
     # Acks find deliveries in every lane.
     assert broker.ack(queue, [1, 2], now=59.0) == (2, [])
     assert broker.expire(1e9) == 0 and queue.inflight_count == 0
+
+
+def test_a_timeout_lowered_again_after_raising_it_gets_a_lane_of_its_own() -> None:
+    # Found by the model test (test_model.py): short, then long, then short
+    # again. The second short delivery must not queue behind the long one.
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", 0.5, 0.0)
+    publish(broker, "a", "b")
+    broker.pull(queue, 1, now=0.0)
+    assert broker.expire(0.5) == 1
+    broker.subscribe("ch", "q", "alice", 60.0, 0.0)
+    assert ids_of(broker.pull(queue, 1, now=1.0)) == [1]  # deadline 61
+    broker.subscribe("ch", "q", "alice", 0.5, 0.0)
+    assert ids_of(broker.pull(queue, 1, now=2.0)) == [2]  # deadline 2.5
+    assert broker.expire(2.5) == 1
+    assert [(d.id, d.attempts) for d in broker.pull(queue, 5, now=3.0)] == [(2, 2)]
