@@ -289,3 +289,18 @@ def test_max_queues_per_user_counts_across_channels_and_frees_on_delete() -> Non
     broker.delete_channel("other")
     broker.subscribe("ch", "c", "alice", None, 0.0)
     assert broker.queues_by_owner == {"alice": 2}
+
+def test_a_timeout_lowered_again_after_raising_it_gets_a_lane_of_its_own() -> None:
+    # Found by the model test (test_model.py): short, then long, then short
+    # again. The second short delivery must not queue behind the long one.
+    broker = make_broker()
+    queue, _ = broker.subscribe("ch", "q", "alice", 0.5, 0.0)
+    publish(broker, "a", "b")
+    broker.pull(queue, 1, now=0.0)
+    assert broker.expire(0.5) == 1
+    broker.subscribe("ch", "q", "alice", 60.0, 0.0)
+    assert ids_of(broker.pull(queue, 1, now=1.0)) == [1]  # deadline 61
+    broker.subscribe("ch", "q", "alice", 0.5, 0.0)
+    assert ids_of(broker.pull(queue, 1, now=2.0)) == [2]  # deadline 2.5
+    assert broker.expire(2.5) == 1
+    assert [(d.id, d.attempts) for d in broker.pull(queue, 5, now=3.0)] == [(2, 2)]

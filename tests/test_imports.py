@@ -87,3 +87,12 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     # The check itself must be able to fail.
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_nothing_but_the_fuzzer_imports_the_fuzzer() -> None:
+    # tcpmq.fuzz is a test tool shipped beside the server, never part of it.
+    graph = import_graph()
+    assert "tcpmq.fuzz.session" in graph
+    for module, targets in graph.items():
+        if not module.startswith("tcpmq.fuzz"):
+            assert not {t for t in targets if t.startswith("tcpmq.fuzz")}, module

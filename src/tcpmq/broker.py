@@ -306,10 +306,11 @@ class Queue:
         Put a delivery in flight by adding it there and counting it in `inflight_count`.
         """
         lanes = self.lanes
-        if not lanes or self.ack_timeout < self.lane_timeout:
-            if not lanes or lanes[-1]:
-                lanes.append({})
-            self.lane_timeout = self.ack_timeout
+        if not lanes or (self.ack_timeout < self.lane_timeout and lanes[-1]):
+            lanes.append({})
+        # The timeout of the lane's latest delivery, raised ones included: a
+        # later, shorter one must not queue behind a longer deadline.
+        self.lane_timeout = self.ack_timeout
         return lanes[-1]
 
     def record(self) -> dict[str, object]:
