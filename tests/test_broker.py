@@ -290,6 +290,7 @@ def test_max_queues_per_user_counts_across_channels_and_frees_on_delete() -> Non
     broker.subscribe("ch", "c", "alice", None, 0.0)
     assert broker.queues_by_owner == {"alice": 2}
 
+
 def test_a_timeout_lowered_again_after_raising_it_gets_a_lane_of_its_own() -> None:
     # Found by the model test (test_model.py): short, then long, then short
     # again. The second short delivery must not queue behind the long one.
