@@ -118,6 +118,12 @@ class Limits:
     # (and to finished disk syncs); the rest wait for the connection's next
     # turn. Four times as many while none of its replies wait for the disk.
     frames_per_turn: int = 128
+    # Bytes of requests one connection has handled in a turn after which it
+    # yields too, even before frames_per_turn: a request costs the server
+    # CPU roughly by its size (parsing, at 3 to 90 ns a byte by its shape),
+    # so large requests take turns by size. Ordinary pipelines of small
+    # requests never reach it; a turn always handles at least one request.
+    bytes_per_turn: int = 64 * 1024
     # Concurrent password hashes (scrypt uses 16 MiB each and a CPU core).
     # Two keeps a core free for the event loop on a small VM.
     max_concurrent_logins: int = 2

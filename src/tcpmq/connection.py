@@ -11,8 +11,10 @@ request order, and while the transport's write buffer is above
 `max_pipeline_bytes`, or writing is paused, reading pauses too: a client that
 floods requests or does not read its replies only slows itself. After
 `frames_per_turn` frames (four times as many while none of its replies wait
-for the disk) a connection yields to the rest of the loop (other
-connections, and the disk telling which replies may go) and handles the rest
+for the disk) or `bytes_per_turn` bytes of them, whichever comes first (at
+least one frame; a frame's CPU cost grows with its size), a connection
+yields to the rest of the loop (other connections, and the disk telling
+which replies may go) and handles the rest
 of its backlog on its next turn: one large pipelined read cannot hold
 everyone else, and its first replies leave while its last are still being
 handled.
@@ -267,7 +269,12 @@ class Connection(asyncio.Protocol):
             # is answered now with what is ready (may complete it: see
             # _pending_done). Work under way (a login's hash) is not ended.
             self._pending.stop_waiting()
-        self._drain_backlog()
+        if not self._turn_scheduled:
+            # Else it has had its turn: the frames wait for the next one (and
+            # reading pauses once they fill the pipeline). The loop may read
+            # a socket many times in a row; without this each read would
+            # bring a turn of its own.
+            self._drain_backlog()
         self._flush()
         self._update_reading()
         self._deadlines.watch()
@@ -619,6 +626,7 @@ class Connection(asyncio.Protocol):
         backlog = self._backlog
         flush_at = self._limits.write_buffer_high
         turn = self._limits.frames_per_turn
+        budget = self._limits.bytes_per_turn
         if not self._held:
             # Nothing waits for the disk: the turn only bounds how long others
             # wait, and a longer one makes fewer, larger publish runs.
@@ -630,7 +638,7 @@ class Connection(asyncio.Protocol):
             and not (self._writing_paused or self._held_bytes >= flush_at)
         ):
             # (Closing empties the backlog, so a closed connection stops here.)
-            if turn == 0:
+            if turn == 0 or budget <= 0:
                 self._yield_turn()
                 return
             turn -= 1
@@ -642,12 +650,18 @@ class Connection(asyncio.Protocol):
                     self._decoder.error or FrameTooLarge(self._limits.max_frame_bytes)
                 )
                 return
-            self._backlog_bytes -= len(frame)
+            size = len(frame)
+            self._backlog_bytes -= size
+            budget -= size
             self._handle(frame)
             if self._out_bytes >= flush_at:
                 # Writing may pause us (pause_writing runs inside write), so a
                 # client that does not read cannot make us build replies forever.
                 self._flush()
+        if budget <= 0 or turn == 0:
+            # Its turn is spent even with nothing left to handle: what the
+            # next reads of this pass of the loop bring waits for the next one.
+            self._yield_turn()
 
     def _refuse_frame(self, error: FrameTooLarge) -> None:
         """Answer a line over the limit, then close: the stream has no next frame."""
