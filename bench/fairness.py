@@ -70,7 +70,14 @@ SHAPES: dict[str, tuple[bool, Callable[[], bytes]]] = {
     ),
     "ping-unknown-keys": (True, lambda: _keys({"op": "ping"}, FRAME)),
     # The costliest JSON to parse per byte: empty arrays, one Python list each.
+    # Refused by max_containers before it is parsed (was ~100 ms a frame).
     "ping-empty-arrays": (True, lambda: _fill({"op": "ping"}, "x", [], FRAME)),
+    # Just within max_containers (x's arrays, x, y and the request), the rest
+    # of the line one-character strings: about the most a frame still costs.
+    "ping-arrays-at-limit": (
+        True,
+        lambda: _fill({"op": "ping", "x": [[]] * (LIMITS.max_containers - 3)}, "y", "1", FRAME),
+    ),
     "preauth-ping-unknown-keys": (False, lambda: _keys({"op": "ping"}, AUTH_FRAME)),
     "preauth-login-unknown-keys": (False, lambda: _keys({"op": "login"}, AUTH_FRAME)),
     "preauth-empty-arrays": (False, lambda: _fill({"op": "pull"}, "x", [], AUTH_FRAME)),

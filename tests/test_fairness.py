@@ -58,6 +58,44 @@ async def test_a_long_unknown_field_name_is_not_echoed_whole(admin: Wire) -> Non
     assert len(error["message"]) < 100
 
 
+async def test_a_line_of_empty_arrays_is_refused_before_it_is_parsed(admin: Wire) -> None:
+    # 1 MiB of `[]` would be 350,000 lists: ~100 ms of parsing, one frame.
+    line = b'{"op":"ping","id":1,"x":[' + b",".join([b"[]"] * 349_000) + b"]}"
+    reply = await admin.call_raw(line)
+    error = expect_error(reply, "bad_request")
+    assert error["limit"] == "max_containers"
+    assert error["max"] == 32768
+    assert "field" not in error
+    assert await admin.call("ping", id=2) == {"ok": True, "id": 2}
+
+
+async def test_containers_are_counted_outside_strings_and_up_to_the_limit(admin: Wire) -> None:
+    await admin.call("channel.create", name="brackets")
+    # Brackets inside strings, escaped quotes included, are data.
+    text = '[{\\"' * 60_000
+    reply = await admin.call("publish", channel="brackets", data=text)
+    assert reply["ok"] is True
+    # The request object, the list and 32,766 arrays: exactly the limit.
+    reply = await admin.call("publish", channel="brackets", data=[[]] * 32_766)
+    assert reply["ok"] is True
+    error = await admin.error("publish", "bad_request", channel="brackets", data=[[]] * 32_767)
+    assert error["limit"] == "max_containers"
+
+
+async def test_a_smaller_container_limit_is_applied(tmp_path: Path) -> None:
+    async with (
+        running_server(tmp_path / "data", max_containers=100) as server,
+        open_user_wire(server, "admin") as admin,
+    ):
+        assert (await admin.call("server.info"))["limits"]["max_containers"] == 100
+        # 100 containers: parsed, then refused for the unknown field.
+        error = await admin.error("ping", "bad_request", x=[[]] * 98)
+        assert error["field"] == "x"
+        error = await admin.error("ping", "bad_request", x=[[]] * 99)
+        assert error["limit"] == "max_containers"
+        assert error["max"] == 100
+
+
 async def test_unknown_fields_before_auth_are_refused_at_the_first(wire: Wire) -> None:
     # A login whose fields are missing and unknown: the first unknown one answers.
     fields = {f"u{i}": i for i in range(500)}

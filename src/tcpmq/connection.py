@@ -460,7 +460,7 @@ class Connection(asyncio.Protocol):
             self._refuse_frame(FrameTooLarge(limit, _auth_limit_name(self._limits)))
             return
         try:
-            request = wire.parse_frame(frame)
+            request = wire.parse_frame(frame, self._limits.max_containers)
             head = wire.take_id(request)
             op = wire.take_op(request)
             if unauthenticated and op not in _PRE_AUTH:
