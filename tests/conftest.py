@@ -45,6 +45,7 @@ PROTOCOL_OPS = frozenset(
         *("user.create", "user.list", "user.get", "user.delete"),
         *("user.passwd", "user.revoke_tokens"),
         *("channel.create", "channel.list", "channel.get", "channel.delete"),
+        *("channel.grant", "channel.revoke", "channel.update"),
         *("subscribe", "queue.list", "queue.delete", "queue.purge"),
         *("publish", "pull", "peek", "ack", "nack"),
         "server.info",
@@ -109,8 +110,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def make_config(
-    data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
+    data_dir: Path,
+    storage: dict[str, Any] | None = None,
+    *,
+    default_channel_access: str = "public",
+    **limits: Any,
 ) -> ServerConfig:
+    """A server's config for the current test's setup.
+
+    Channels are public unless a test asks otherwise: most tests have users
+    use each other's channels, and tests/test_channel_access.py asks for
+    private ones (and the server's own default) where it matters.
+    """
     tls = None
     if _current_transport == "tls":
         assert _tls_files is not None
@@ -123,6 +134,7 @@ def make_config(
         limits=Limits(**limits),
         storage=StorageConfig(**(storage or {})),
         tls=tls,
+        default_channel_access=default_channel_access,
     )
 
 
@@ -149,10 +161,14 @@ async def open_raw(
 
 @asynccontextmanager
 async def running_server(
-    data_dir: Path, storage: dict[str, Any] | None = None, **limits: Any
+    data_dir: Path,
+    storage: dict[str, Any] | None = None,
+    *,
+    default_channel_access: str = "public",
+    **limits: Any,
 ) -> AsyncIterator[Server]:
     """A started server on the current test's backend (see `store`)."""
-    config = make_config(data_dir, storage, **limits)
+    config = make_config(data_dir, storage, default_channel_access=default_channel_access, **limits)
     server = Server(config, admin_password_hash=ADMIN_PASSWORD_HASH)
     await server.start()
     try:

@@ -63,6 +63,9 @@ async def serve(
 ) -> AsyncIterator[ServeProcess]:
     """Run `tcpmq serve` on an ephemeral port until the block ends (then kill it).
 
+    Channels are public unless `args` say `--default-channel-access private`
+    (which, coming later, overrides the harness's choice), as in `make_config`.
+
     `max_file_bytes` limits the size of the files it writes (RLIMIT_FSIZE): a
     write beyond it fails as on a full disk. `max_open_files` sets its
     RLIMIT_NOFILE, soft and hard (so the server cannot raise it).
@@ -86,6 +89,7 @@ async def serve(
         "0",
         "--data-dir",
         str(data_dir),
+        *("--default-channel-access", "public"),
         *args,
         stderr=asyncio.subprocess.PIPE,
         env=clean_env(**env),

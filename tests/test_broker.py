@@ -28,12 +28,13 @@ class RecordingWaiter:
 
 def make_broker(**limits: int | float) -> Broker:
     broker = Broker(Limits(**limits))  # type: ignore[arg-type]
-    broker.create_channel("ch", "alice", 0.0)
+    broker.create_channel("ch", "alice", 0.0, public=True)
     return broker
 
 
 def publish(broker: Broker, *values: object, now: float = 0.0) -> list[int]:
-    ids, _ = broker.publish("ch", [orjson.dumps(v) for v in values], PUBLISHER, 1.0, now)
+    datas = [orjson.dumps(v) for v in values]
+    ids, _ = broker.publish("ch", datas, PUBLISHER, 1.0, now, "alice", False)
     return ids
 
 
@@ -166,12 +167,12 @@ def test_subscribe_is_idempotent_for_the_owner_only() -> None:
     with pytest.raises(Forbidden):
         broker.subscribe("ch", "q", "bob", None, 0.0)
     with pytest.raises(AlreadyExists):
-        broker.create_channel("ch", "bob", 0.0)
+        broker.create_channel("ch", "bob", 0.0, public=True)
 
 
 def test_deleting_a_user_drops_its_queues_and_hands_its_channels_on() -> None:
     broker = make_broker()
-    broker.create_channel("alices", "alice", 0.0)
+    broker.create_channel("alices", "alice", 0.0, public=True)
     broker.subscribe("ch", "a", "alice", None, 0.0)
     broker.subscribe("ch", "b", "bob", None, 0.0)
     assert broker.delete_user("alice", "root") == 1
@@ -278,7 +279,7 @@ def test_the_memory_budget_refuses_a_publish_whole() -> None:
 
 def test_max_queues_per_user_counts_across_channels_and_frees_on_delete() -> None:
     broker = make_broker(max_queues_per_user=2)
-    broker.create_channel("other", "alice", 0.0)
+    broker.create_channel("other", "alice", 0.0, public=True)
     broker.subscribe("ch", "a", "alice", None, 0.0)
     broker.subscribe("other", "b", "alice", None, 0.0)
     with pytest.raises(LimitExceeded) as caught:

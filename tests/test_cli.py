@@ -50,6 +50,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         *("login", "logout", "whoami", "ping", "ops", "info"),
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),
+        *("channel grant", "channel revoke", "channel access"),
         *("sub", "queue list", "queue rm", "pub", "pull", "ack", "nack"),
         *("queue purge", "peek", "passwd", "revoke-tokens"),
     }
@@ -253,7 +254,7 @@ async def test_channel_queue_and_subscription_commands(tmp_path: Path) -> None:
         ]
         result = await cli.ok("channel", "get", "orders")
         assert result.lines[0] == "name:      orders"
-        assert [row.split()[:5] for row in result.lines[6:]] == [
+        assert [row.split()[:5] for row in result.lines[8:]] == [
             ["QUEUE", "OWNER", "READY", "INFLIGHT", "ACK_TIMEOUT"],
             ["admin", "admin", "0", "0", "30s"],
             ["billing", "admin", "0", "0", "1.5s"],

@@ -251,7 +251,10 @@ async def test_server_info(tmp_path: Path, store: str) -> None:
         await create_user(admin, "alice")
         async with open_user_wire(srv, "alice") as alice:
             reply = await alice.ok("server.info", id="i")
-    assert set(reply) == {"ok", "id", "server", "version", "protocol", "store", "limits"}
+    assert set(reply) == {
+        *("ok", "id", "server", "version", "protocol", "store"),
+        *("default_channel_access", "limits"),
+    }
     assert reply["id"] == "i"
     assert (reply["server"], reply["version"], reply["protocol"]) == ("tcpmq", "0.1.0", 1)
     assert reply["store"] == store

@@ -382,11 +382,11 @@ def test_head_published_at_is_read_from_the_end(data: object) -> None:
 
 def test_oldest_is_the_lowest_id_held_ready_or_in_flight() -> None:
     broker = Broker(Limits())
-    broker.create_channel("c", "alice", 0.0)
+    broker.create_channel("c", "alice", 0.0, public=False)
     queue, _ = broker.subscribe("c", "q", "alice", None, 0.0)
     assert queue.oldest() is None and queue.info(100.0)["oldest_age"] is None
     for published_at in (10.0, 20.0, 30.0):
-        broker.publish("c", [b'"m"'], b'"alice"', published_at, 0.0)
+        broker.publish("c", [b'"m"'], b'"alice"', published_at, 0.0, "alice", False)
     assert queue.info(100.0)["oldest_age"] == 90.0
     first, second = broker.pull(queue, 2, 0.0)
     # Both in flight, one ready: the oldest is in flight.

@@ -51,10 +51,13 @@ OP_FIELDS = {
     "user.delete": ["name"],
     "user.passwd": ["name", "password"],
     "user.revoke_tokens": ["name"],
-    "channel.create": ["name"],
+    "channel.create": ["name", "access"],
     "channel.list": [],
     "channel.get": ["name"],
     "channel.delete": ["name"],
+    "channel.grant": ["name", "user", "rights"],
+    "channel.revoke": ["name", "user", "rights"],
+    "channel.update": ["name", "access"],
     "subscribe": ["channel", "queue", "ack_timeout"],
     "queue.list": ["channel"],
     "queue.delete": ["channel", "queue"],
@@ -66,7 +69,7 @@ OP_FIELDS = {
     "nack": ["channel", "queue", "ids"],
 }
 USER_KEYS = {"name", "role", "created_at"}
-CHANNEL_KEYS = {"name", "owner", "created_at", "published", "queue_count", "depth"}
+CHANNEL_KEYS = {"name", "owner", "access", "created_at", "published", "queue_count", "depth"}
 QUEUE_KEYS = {
     *("name", "channel", "owner", "created_at", "ack_timeout", "depth", "inflight"),
     *("consumers", "oldest_age", "redeliveries"),
@@ -759,7 +762,7 @@ async def test_channel_get(alice: Wire, bob: Wire) -> None:
     reply = await bob.ok("channel.get", name="c")
     assert set(reply) == {"ok", "channel"}
     channel = reply["channel"]
-    assert set(channel) == CHANNEL_KEYS | {"queues"}
+    assert set(channel) == CHANNEL_KEYS | {"grants", "queues"}
     assert channel["owner"] == "alice" and channel["published"] == 2
     assert channel["queue_count"] == 2
     alice_q, zeta = channel["queues"]

@@ -46,8 +46,8 @@ async def test_shell_session(tmp_path: Path) -> None:
             # TAB completes a sub-command, a channel name from the server, a queue of that channel.
             terminal.type("chan" + TAB)
             await terminal.expect("channel ")
-            terminal.type("g" + TAB)
-            await terminal.expect("get ")
+            terminal.type("ge" + TAB)
+            await terminal.expect("t ")
             terminal.type("or" + TAB)
             await terminal.expect("ders ")
             terminal.type(ENTER)

@@ -3,7 +3,8 @@
 `App` holds what every connection shares (the way uvicorn hands its
 protocols a small server state, not the server): the backend, the user
 directory, the token signer, the password pool, the connection registry and
-the limits, the failed-login limiter. `Caller` is who sent a request: set by `auth`/`login`, read by
+the limits, the failed-login limiter, and the access of channels created
+without one. `Caller` is who sent a request: set by `auth`/`login`, read by
 every handler. Handlers take both and nothing else, so they know no sockets,
 no connection object and no server.
 """
@@ -33,3 +34,5 @@ class App:
     connections: Connections
     limits: Limits
     limiter: LoginLimiter
+    #: "private" or "public": what `channel.create` without `access` makes.
+    default_channel_access: str = "private"

@@ -46,6 +46,15 @@ reused, so the journal can tell a re-created channel from the one that was
 deleted. A journal that cannot take new data (a full disk) says why in
 `full`: publishes and creations are then refused before anything changes.
 
+Permissions: a channel is public (every user may publish and subscribe) or
+private (its owner, admins, and the users granted a right). The rights are
+`PUBLISH` and `SUBSCRIBE`; `grants` holds them per user. `publishers` is the
+set of users who may publish, the owner included, kept beside `grants` so
+that a publish checks one bool (`public`) and, on a private channel, one set:
+once per publish run, never per message. Revoking `subscribe` drops the
+user's queues on the channel, so a queue exists only for someone who may
+read the channel and pulls need no rights check beyond the queue's owner.
+
 Memory: `memory` estimates what the queued and in-flight messages cost, for
 `max_memory_bytes`. A message's body is one bytes object shared by every
 queue of its channel, so it is counted once: each queue holding it is
@@ -344,20 +353,40 @@ class Queue:
         return min(firsts) if firsts else None
 
 
+PUBLISH = "publish"
+SUBSCRIBE = "subscribe"
+#: Every right a channel can grant, in the order replies list them.
+RIGHTS = (PUBLISH, SUBSCRIBE)
+PRIVATE = "private"
+PUBLIC = "public"
+
+
 class Channel:
     __slots__ = (
         "created_at",
         "epochs",
         "fanouts",
+        "grants",
         "name",
         "next_id",
         "owner",
+        "public",
         "published",
+        "publishers",
         "queues",
         "uid",
     )
 
-    def __init__(self, name: str, owner: str, created_at: float, uid: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        owner: str,
+        created_at: float,
+        uid: int = 0,
+        *,
+        public: bool,
+        grants: dict[str, frozenset[str]] | None = None,
+    ) -> None:
         self.uid = uid
         self.name = name
         self.owner = owner
@@ -369,6 +398,36 @@ class Channel:
         # on were published to `fanouts[i]` queues (see the module docstring).
         self.epochs: list[int] = []
         self.fanouts: list[int] = []
+        self.public = public
+        # Rights granted per user (never empty sets); the owner needs none.
+        self.grants: dict[str, frozenset[str]] = dict(grants or {})
+        self.publishers: frozenset[str] = frozenset()
+        self.rights_changed()
+
+    def rights_changed(self) -> None:
+        """Derive `publishers` again after `grants` or `owner` changed."""
+        self.publishers = frozenset(
+            [self.owner, *(user for user, rights in self.grants.items() if PUBLISH in rights)]
+        )
+
+    def may(self, user: str, admin: bool, right: str) -> bool:
+        """Whether `user` has `right` here: public channel, admin, owner or granted."""
+        if self.public or admin or user == self.owner:
+            return True
+        return right in self.grants.get(user, ())
+
+    def refuse(self, right: str) -> Forbidden:
+        """The error for a user without `right` on this (private) channel."""
+        what = "publishing to it" if right == PUBLISH else "subscribing to it"
+        return Forbidden(
+            f"channel {self.name!r} is private: {what} needs the {right} right, which its "
+            f"owner ({self.owner}) or an admin can give with channel.grant"
+        )
+
+    def grants_info(self) -> dict[str, list[str]]:
+        """`{"alice": ["publish", "subscribe"]}`, users and rights in order."""
+        grants = self.grants
+        return {user: [r for r in RIGHTS if r in grants[user]] for user in sorted(grants)}
 
     def share(self, message_id: int) -> float:
         """The part of message `message_id`'s body each queue holding it is
@@ -382,6 +441,7 @@ class Channel:
         return {
             "name": self.name,
             "owner": self.owner,
+            "access": PUBLIC if self.public else PRIVATE,
             "created_at": self.created_at,
             "published": self.published,
             "queue_count": len(self.queues),
@@ -397,6 +457,8 @@ class Channel:
             "created_at": self.created_at,
             "next_id": self.next_id,
             "published": self.published,
+            "access": PUBLIC if self.public else PRIVATE,
+            "grants": self.grants_info(),
         }
 
 
@@ -437,7 +499,7 @@ class Broker:
         if full is not None:
             raise StorageFull(full)
 
-    def create_channel(self, name: str, owner: str, created_at: float) -> Channel:
+    def create_channel(self, name: str, owner: str, created_at: float, *, public: bool) -> Channel:
         if name in self.channels:
             raise AlreadyExists(f"channel {name!r} already exists")
         if len(self.channels) >= self.limits.max_channels:
@@ -445,7 +507,9 @@ class Broker:
                 "too many channels", limit="max_channels", maximum=self.limits.max_channels
             )
         self.check_room()
-        channel = self.channels[name] = Channel(name, owner, created_at, self._new_uid())
+        channel = self.channels[name] = Channel(
+            name, owner, created_at, self._new_uid(), public=public
+        )
         self.journal.channel_saved(channel)
         return channel
 
@@ -469,15 +533,21 @@ class Broker:
         ack_timeout: float | None,
         created_at: float,
         admin: bool = False,
+        reserved_for: str | None = None,
     ) -> tuple[Queue, bool]:
         """Find or create the queue; returns it and whether it was created.
 
         An admin may subscribe to a queue of another user (it stays theirs),
         as it may pull from it: admins have every right a queue's owner has.
+        `reserved_for` is the user the queue's name belongs to (the name is
+        theirs, or starts with theirs and a dot), if any: only they and
+        admins may create it.
 
         Raises:
             NotFound: no such channel.
-            Forbidden: the queue exists and belongs to someone else.
+            Forbidden: the queue exists and belongs to someone else; or it
+                would be created without the subscribe right, or under a
+                name reserved for another user.
             LimitExceeded: the channel has `max_queues_per_channel` queues, or
                 the owner `max_queues_per_user`.
             StorageFull: the queue would be created and the journal is full.
@@ -486,13 +556,18 @@ class Broker:
         queue = channel.queues.get(queue_name)
         if queue is not None:
             if queue.owner != owner and not admin:
-                raise Forbidden(
-                    f"queue {queue_name!r} of channel {channel_name!r} belongs to another user"
-                )
+                raise self._taken(channel, queue, owner, reserved_for)
             if ack_timeout is not None and ack_timeout != queue.ack_timeout:
                 queue.ack_timeout = ack_timeout
                 self.journal.queue_saved(queue)
             return queue, False
+        if not channel.may(owner, admin, SUBSCRIBE):
+            raise channel.refuse(SUBSCRIBE)
+        if reserved_for is not None and reserved_for != owner and not admin:
+            raise Forbidden(
+                f"queue name {queue_name!r} is reserved for user {reserved_for!r}; "
+                f"name yours {owner}.<something>"
+            )
         limits = self.limits
         if len(channel.queues) >= limits.max_queues_per_channel:
             raise LimitExceeded(
@@ -517,13 +592,91 @@ class Broker:
         self.journal.queue_saved(queue)
         return queue, True
 
+    @staticmethod
+    def _taken(channel: Channel, queue: Queue, user: str, reserved_for: str | None) -> Forbidden:
+        if reserved_for == user:
+            # Made by an admin, or before the user existed: the name is theirs,
+            # the queue is not.
+            return Forbidden(
+                f"queue {queue.name!r} of channel {channel.name!r} is named after you but "
+                f"belongs to {queue.owner!r}; the channel's owner ({channel.owner}) or an "
+                "admin can queue.delete it"
+            )
+        return Forbidden(
+            f"queue {queue.name!r} of channel {channel.name!r} belongs to another user "
+            f"({queue.owner}); subscribe with a queue name of your own"
+        )
+
+    # -- permissions --------------------------------------------------------
+
+    def grant(self, channel_name: str, user: str, rights: Iterable[str]) -> list[str]:
+        """Give `user` `rights` on the channel; returns all its rights there, in order."""
+        channel = self.channel(channel_name)
+        held = channel.grants.get(user, frozenset()) | frozenset(rights)
+        if held != channel.grants.get(user):
+            channel.grants[user] = held
+            channel.rights_changed()
+            self.journal.channel_saved(channel)
+        return [right for right in RIGHTS if right in held]
+
+    def revoke(
+        self, channel_name: str, user: str, rights: Iterable[str], admin: bool
+    ) -> tuple[list[str], int]:
+        """Take `rights` from `user` (an admin if `admin`); returns the rights
+        left and the queues deleted.
+
+        When `user` may no longer subscribe, its queues on the channel go:
+        they would go on receiving what it may no longer read. (On a public
+        channel, and for its owner or an admin, they stay.)
+        """
+        channel = self.channel(channel_name)
+        taken = frozenset(rights)
+        before = channel.grants.get(user, frozenset())
+        left = before - taken
+        if left != before:
+            if left:
+                channel.grants[user] = left
+            else:
+                del channel.grants[user]
+            channel.rights_changed()
+            self.journal.channel_saved(channel)
+        dropped = 0
+        if SUBSCRIBE in taken and not channel.may(user, admin, SUBSCRIBE):
+            for queue in [q for q in channel.queues.values() if q.owner == user]:
+                self.journal.queue_dropped(queue)
+                self._drop_queue(channel, queue)
+                dropped += 1
+        return [right for right in RIGHTS if right in left], dropped
+
+    def set_access(self, channel_name: str, public: bool) -> list[str]:
+        """Make the channel public or private; returns the users granted `subscribe`.
+
+        Made private, the owners of its queues are granted `subscribe`, so
+        no subscriber loses its queue without a word.
+        """
+        channel = self.channel(channel_name)
+        granted: list[str] = []
+        if not public and channel.public:
+            owners = {queue.owner for queue in channel.queues.values()}
+            for user in sorted(owners):
+                rights = channel.grants.get(user, frozenset())
+                if user != channel.owner and SUBSCRIBE not in rights:
+                    channel.grants[user] = rights | {SUBSCRIBE}
+                    granted.append(user)
+            channel.rights_changed()
+        if public != channel.public or granted:
+            channel.public = public
+            self.journal.channel_saved(channel)
+        return granted
+
     def delete_queue(self, channel_name: str, queue_name: str) -> None:
         queue = self.queue(channel_name, queue_name)
         self.journal.queue_dropped(queue)
         self._drop_queue(self.channels[channel_name], queue)
 
     def delete_user(self, owner: str, heir: str) -> int:
-        """The user `owner` is being deleted: drop its queues, hand its channels to `heir`.
+        """The user `owner` is being deleted: drop its queues and its grants,
+        hand its channels to `heir`.
 
         Its channels stay (other users' queues on them keep their messages);
         they pass to `heir`, the admin deleting the user. Returns the queues dropped.
@@ -538,8 +691,12 @@ class Broker:
             self.journal.queue_dropped(queue)
             self._drop_queue(channel, queue)
         for channel in self.channels.values():
-            if channel.owner == owner:
-                channel.owner = heir
+            # A user created later under the same name inherits nothing.
+            if channel.owner == owner or owner in channel.grants:
+                if channel.owner == owner:
+                    channel.owner = heir
+                channel.grants.pop(owner, None)
+                channel.rights_changed()
                 self.journal.channel_saved(channel)
         return len(doomed)
 
@@ -576,14 +733,18 @@ class Broker:
         publisher: bytes,
         published_at: float,
         now: float,
+        user: str,
+        admin: bool,
     ) -> tuple[list[int], int]:
         """Append encoded messages to every queue of the channel, all or nothing.
 
         `datas` are the JSON-encoded data values; `publisher` the publisher's
-        JSON-encoded name. Returns the message ids and how many queues got them.
+        JSON-encoded name, `user` the same name and `admin` its role, for
+        the channel's rights. Returns the message ids and how many queues got them.
 
         Raises:
             NotFound: no such channel.
+            Forbidden: the channel is private and `user` may not publish to it.
             StorageFull: the journal takes no new data now.
             LimitExceeded: some queue would exceed its message or byte limit
                 (counting what it holds, ready or in flight), the broker's
@@ -591,6 +752,9 @@ class Broker:
                 large, as stored, for a pull reply (`max_frame_bytes`).
         """
         channel = self.channel(channel_name)
+        # Once per publish run: a bool, then on a private channel one set.
+        if not (channel.public or admin or user in channel.publishers):
+            raise channel.refuse(PUBLISH)
         full = self.journal.full
         if full is not None:
             raise StorageFull(full)

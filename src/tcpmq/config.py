@@ -221,6 +221,8 @@ class TlsConfig:
 #: The backends `--store` can name: "log" keeps the state in the data dir's
 #: journal (durable), "memory" keeps it only in the process (lost on restart).
 STORES = ("log", "memory")
+#: What `channel.create` without `access` makes (see protocol.md, Permissions).
+CHANNEL_ACCESS = ("private", "public")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,10 +242,18 @@ class ServerConfig:
     # Clear text is refused on any address but loopback unless this is set:
     # passwords and tokens would cross the network readable (see exposure.py).
     allow_plaintext: bool = False
+    # The access of a channel created without `access`: private (its owner,
+    # admins and the users granted rights) unless the operator opens them all.
+    default_channel_access: str = "private"
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.default_channel_access not in CHANNEL_ACCESS:
+            raise ConfigError(
+                f"default_channel_access must be private or public, "
+                f"not {self.default_channel_access!r}"
+            )
         if self.plain_listen is not None and self.tls is None:
             raise ConfigError(
                 "a plain listener is only needed beside a TLS one: the main listener "

@@ -25,13 +25,16 @@ FIXED_LIMITS: dict[str, int] = {
 }
 
 
-def server_info(limits: Limits, store: str) -> dict[str, object]:
+def server_info(
+    limits: Limits, store: str, default_channel_access: str = "private"
+) -> dict[str, object]:
     """The result of `server.info`.
 
     Returns:
         `server`, `version`, `protocol`, `store` (the backend's name, "log" or
-        "memory") and `limits`: every field of `limits` by name, then the
-        fixed limits of `FIXED_LIMITS`.
+        "memory"), `default_channel_access` (what `channel.create` without
+        `access` makes) and `limits`: every field of `limits` by name, then
+        the fixed limits of `FIXED_LIMITS`.
     """
     settings: dict[str, object] = {spec.name: getattr(limits, spec.name) for spec in fields(limits)}
     return {
@@ -39,5 +42,6 @@ def server_info(limits: Limits, store: str) -> dict[str, object]:
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
         "store": store,
+        "default_channel_access": default_channel_access,
         "limits": settings | FIXED_LIMITS,
     }

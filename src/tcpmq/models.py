@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 Role = Literal["user", "admin"]
+Access = Literal["private", "public"]
+Right = Literal["publish", "subscribe"]
 
 
 class _Result(BaseModel):
@@ -44,13 +46,34 @@ class QueueInfo(_Result):
 class ChannelInfo(_Result):
     name: str
     owner: str
+    # A server from before permissions says nothing: its channels are public.
+    access: Access = "public"
     created_at: float
     published: int
     queue_count: int
     # Ready messages over all its queues.
     depth: int
-    # Only `channel.get` fills this in.
+    # Only `channel.get` fills these in: rights per user, and the queues.
+    grants: dict[str, list[Right]] | None = None
     queues: list[QueueInfo] | None = None
+
+
+class GrantResult(_Result):
+    # Every right the user now holds on the channel.
+    rights: list[Right]
+
+
+class RevokeResult(_Result):
+    # The rights the user still holds on the channel.
+    rights: list[Right]
+    # The user's queues deleted with its subscribe right.
+    queues_deleted: int
+
+
+class AccessResult(_Result):
+    access: Access
+    # Owners of the channel's queues granted `subscribe` as it became private.
+    granted: list[str]
 
 
 class Message(_Result):
@@ -105,6 +128,8 @@ class ServerInfo(_Result):
     version: str
     protocol: int
     store: str
+    # What `channel.create` without `access` makes (None: a server from before).
+    default_channel_access: Access | None = None
     # Every limit by name (protocol.md, Limits): numbers only.
     limits: dict[str, int | float]
 

@@ -203,7 +203,7 @@ def op_help(app: App, caller: Caller, request: wire.HelpRequest) -> Result:
 
 
 def op_server_info(app: App, caller: Caller, request: wire.NoFields) -> Result:
-    return info.server_info(app.limits, app.backend.name)
+    return info.server_info(app.limits, app.backend.name, app.default_channel_access)
 
 
 # -- users --------------------------------------------------------------------
@@ -292,9 +292,14 @@ def op_user_revoke_tokens(app: App, caller: Caller, request: wire.UserRequest) -
 # -- channels -----------------------------------------------------------------
 
 
-def op_channel_create(app: App, caller: Caller, request: wire.NameRequest) -> Result | Pending:
-    result = app.backend.create_channel(request.name, caller.name, time.time())
-    audit.event("channel_created", channel=request.name, by=caller.name)
+def op_channel_create(
+    app: App, caller: Caller, request: wire.ChannelCreateRequest
+) -> Result | Pending:
+    access = request.access or app.default_channel_access
+    result = app.backend.create_channel(
+        request.name, caller.name, time.time(), public=access == "public"
+    )
+    audit.event("channel_created", channel=request.name, access=access, by=caller.name)
     return result
 
 
@@ -312,6 +317,72 @@ def op_channel_delete(app: App, caller: Caller, request: wire.NameRequest) -> Re
     return result
 
 
+# -- permissions ----------------------------------------------------------------
+
+_ALL_RIGHTS = ("publish", "subscribe")
+
+
+def op_channel_grant(
+    app: App, caller: Caller, request: wire.ChannelGrantRequest
+) -> Result | Pending:
+    app.users.get(request.user)  # not_found: rights for a user to come would be squatting
+    rights: list[str] = list(request.rights or _ALL_RIGHTS)
+    result = app.backend.grant(request.name, request.user, rights, caller.name, caller.is_admin)
+    audit.event(
+        "channel_granted",
+        channel=request.name,
+        user=request.user,
+        rights=",".join(rights),
+        by=caller.name,
+    )
+    return result
+
+
+def op_channel_revoke(
+    app: App, caller: Caller, request: wire.ChannelGrantRequest
+) -> Result | Pending:
+    # The user need not exist: taking rights is always safe, stale ones included.
+    user = app.users.find(request.user)
+    rights: list[str] = list(request.rights or _ALL_RIGHTS)
+    result = app.backend.revoke(
+        request.name,
+        request.user,
+        rights,
+        user is not None and user.role == "admin",
+        caller.name,
+        caller.is_admin,
+    )
+    audit.event(
+        "channel_revoked",
+        channel=request.name,
+        user=request.user,
+        rights=",".join(rights),
+        by=caller.name,
+    )
+    return result
+
+
+def op_channel_update(
+    app: App, caller: Caller, request: wire.ChannelUpdateRequest
+) -> Result | Pending:
+    result = app.backend.update_channel(
+        request.name, request.access == "public", caller.name, caller.is_admin
+    )
+    audit.event("channel_updated", channel=request.name, access=request.access, by=caller.name)
+    return result
+
+
+def reserved_for(app: App, queue: str) -> str | None:
+    """The user a queue name is reserved for: an existing user named so, or
+    named as the part before one of its dots (`bob` for `bob.audit`)."""
+    if app.users.find(queue) is not None:
+        return queue
+    for index, char in enumerate(queue):
+        if char == "." and app.users.find(queue[:index]) is not None:
+            return queue[:index]
+    return None
+
+
 # -- queues -------------------------------------------------------------------
 
 
@@ -327,7 +398,13 @@ def op_subscribe(app: App, caller: Caller, request: wire.SubscribeRequest) -> Re
         )
     queue = request.queue or caller.name
     result = app.backend.subscribe(
-        request.channel, queue, caller.name, caller.is_admin, request.ack_timeout, time.time()
+        request.channel,
+        queue,
+        caller.name,
+        caller.is_admin,
+        request.ack_timeout,
+        time.time(),
+        reserved_for(app, queue),
     )
     if isinstance(result, dict) and result.get("created"):
         audit.event("queue_created", channel=request.channel, queue=queue, by=caller.name)
@@ -461,14 +538,17 @@ class PublishRun:
         publisher = caller.name_json
         now = time.time()
         try:
-            first, queues = publish(self.channel, self.datas, publisher, now)
+            first, queues = publish(
+                self.channel, self.datas, publisher, now, caller.name, caller.is_admin
+            )
         except TcpmqError as exc:
             if exc.code is ErrorCode.STORAGE_FULL:
                 # Nothing of the run can be published: refuse each alike.
                 self.refusals = len(self.heads)
                 return [wire.reply_error(head, exc) for head in self.heads]
-            if len(self.heads) == 1:
-                return [wire.reply_error(self.heads[0], exc)]
+            if len(self.heads) == 1 or exc.code is ErrorCode.FORBIDDEN:
+                # Forbidden for one is forbidden for all: one reply each, no retries.
+                return [wire.reply_error(head, exc) for head in self.heads]
             return self._one_by_one(app, caller, now)
         if not self.batches:  # one message each: the usual run
             return [reply(head, first + i, 1, queues) for i, head in enumerate(self.heads)]
@@ -485,7 +565,9 @@ class PublishRun:
             datas = self.datas[start : start + count]
             start += count
             try:
-                first, queues = app.backend.publish(self.channel, datas, caller.name_json, now)
+                first, queues = app.backend.publish(
+                    self.channel, datas, caller.name_json, now, caller.name, caller.is_admin
+                )
             except TcpmqError as exc:
                 replies.append(wire.reply_error(head, exc))
                 if exc.code is ErrorCode.STORAGE_FULL:
@@ -550,6 +632,9 @@ HANDLERS: dict[str, Handler] = {
     "channel.list": op_channel_list,
     "channel.get": op_channel_get,
     "channel.delete": op_channel_delete,
+    "channel.grant": op_channel_grant,
+    "channel.revoke": op_channel_revoke,
+    "channel.update": op_channel_update,
     "subscribe": op_subscribe,
     "queue.list": op_queue_list,
     "queue.delete": op_queue_delete,

@@ -199,6 +199,7 @@ class Server:
             connections=self.connections,
             limits=limits,
             limiter=LoginLimiter(limits),
+            default_channel_access=config.default_channel_access,
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()

@@ -58,6 +58,10 @@ Password = Annotated[
     str, StringConstraints(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
 ]
 Role = Literal["user", "admin"]
+Access = Literal["private", "public"]
+Right = Literal["publish", "subscribe"]
+# At least one right when given; omitted, a grant gives and a revoke takes all.
+Rights = Annotated[list[Right], Field(min_length=1, max_length=2)]
 # Bounds are inclusive (ge/le, never gt/lt), because an error reports them as
 # `min`/`max` and a client reads those as the first and last values allowed.
 PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
@@ -90,6 +94,23 @@ class UserCreateRequest(Request):
 
 class NameRequest(Request):
     name: Name
+
+
+class ChannelCreateRequest(Request):
+    name: Name
+    # Without it: the server's `default_channel_access`.
+    access: Access | None = None
+
+
+class ChannelGrantRequest(Request):
+    name: Name
+    user: Name
+    rights: Rights | None = None
+
+
+class ChannelUpdateRequest(Request):
+    name: Name
+    access: Access
 
 
 class SubscribeRequest(Request):
@@ -186,10 +207,19 @@ OPS: dict[str, OpSpec] = {
         UserPasswdRequest, "name?, password", "change a password (and revoke the tokens)"
     ),
     "user.revoke_tokens": OpSpec(UserRequest, "name?", "refuse every token issued so far"),
-    "channel.create": OpSpec(NameRequest, "name", "create a channel"),
+    "channel.create": OpSpec(ChannelCreateRequest, "name, access?", "create a channel"),
     "channel.list": OpSpec(NoFields, "", "list channels"),
-    "channel.get": OpSpec(NameRequest, "name", "show a channel with its queues"),
+    "channel.get": OpSpec(NameRequest, "name", "show a channel with its queues and grants"),
     "channel.delete": OpSpec(NameRequest, "name", "delete a channel and its queues"),
+    "channel.grant": OpSpec(
+        ChannelGrantRequest, "name, user, rights?", "give a user publish/subscribe rights"
+    ),
+    "channel.revoke": OpSpec(
+        ChannelGrantRequest, "name, user, rights?", "take rights (and queues) from a user"
+    ),
+    "channel.update": OpSpec(
+        ChannelUpdateRequest, "name, access", "make a channel private or public"
+    ),
     "subscribe": OpSpec(
         SubscribeRequest, "channel, queue?, ack_timeout?", "add a queue to a channel"
     ),

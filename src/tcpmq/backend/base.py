@@ -57,7 +57,9 @@ class Backend(Protocol):
 
     # -- channels -------------------------------------------------------------
 
-    def create_channel(self, name: str, owner: str, created_at: float) -> Result | Pending:
+    def create_channel(
+        self, name: str, owner: str, created_at: float, public: bool
+    ) -> Result | Pending:
         """Result: `channel`. Raises: AlreadyExists, LimitExceeded, StorageFull."""
 
     def delete_channel(self, name: str, user: str, admin: bool) -> Result | Pending:
@@ -67,7 +69,42 @@ class Backend(Protocol):
         """Result: `channels`, sorted by name."""
 
     def get_channel(self, name: str, now: float) -> Result | Pending:
-        """Result: `channel` with its `queues` (`now`: epoch seconds). Raises: NotFound."""
+        """Result: `channel` with its `grants` and `queues` (`now`: epoch seconds).
+
+        Raises: NotFound.
+        """
+
+    # -- permissions (who may: the channel's owner and admins) ----------------
+
+    def grant(
+        self, channel: str, user: str, rights: list[str], caller: str, admin: bool
+    ) -> Result | Pending:
+        """Give `user` `rights`. Result: `rights` (all it holds now).
+
+        Raises: NotFound, Forbidden.
+        """
+
+    def revoke(
+        self,
+        channel: str,
+        user: str,
+        rights: list[str],
+        user_admin: bool,
+        caller: str,
+        admin: bool,
+    ) -> Result | Pending:
+        """Take `rights` from `user` (an admin if `user_admin`); its queues on
+        the channel go when it may no longer subscribe.
+
+        Result: `rights` (those left), `queues_deleted`. Raises: NotFound, Forbidden.
+        """
+
+    def update_channel(
+        self, channel: str, public: bool, caller: str, admin: bool
+    ) -> Result | Pending:
+        """Set the channel's access; made private, its queues' owners are
+        granted `subscribe`. Result: `access`, `granted`. Raises: NotFound, Forbidden.
+        """
 
     # -- queues ---------------------------------------------------------------
 
@@ -79,9 +116,15 @@ class Backend(Protocol):
         admin: bool,
         ack_timeout: float | None,
         created_at: float,
+        reserved_for: str | None,
     ) -> Result | Pending:
         """Result: `queue`, `created`. Raises: NotFound, Forbidden, LimitExceeded, StorageFull
-        (the last two only when the queue would be created)."""
+        (the last two only when the queue would be created).
+
+        Creating a queue needs the subscribe right; `reserved_for` is the
+        user whose name the queue's name is (or starts with, and a dot),
+        the only one besides admins who may create it.
+        """
 
     def list_queues(self, channel: str | None, now: float) -> Result | Pending:
         """Result: `queues` of `channel` sorted by name, or with None of every
@@ -96,20 +139,28 @@ class Backend(Protocol):
         """Drop the queue's ready messages. Result: `purged`. Raises: NotFound, Forbidden."""
 
     def delete_user(self, name: str, heir: str) -> None:
-        """Drop the user's queues and hand its channels to `heir`."""
+        """Drop the user's queues and grants, and hand its channels to `heir`."""
 
     # -- messages -------------------------------------------------------------
 
     def publish(
-        self, channel: str, datas: list[bytes], publisher: bytes, published_at: float
+        self,
+        channel: str,
+        datas: list[bytes],
+        publisher: bytes,
+        published_at: float,
+        user: str,
+        admin: bool,
     ) -> tuple[int, int]:
         """Append encoded messages to every queue of the channel, all or nothing.
 
-        `publisher` is the publisher's JSON-encoded name. Returns the first
-        message id (the others follow it) and how many queues got them.
+        `publisher` is the publisher's JSON-encoded name, `user` the same
+        name and `admin` its role. Returns the first message id (the others
+        follow it) and how many queues got them.
 
         Raises:
             NotFound: no such channel.
+            Forbidden: the channel is private and `user` has no publish right.
             StorageFull: the store takes no new data now.
             LimitExceeded: some queue would exceed its message or byte limit,
                 the memory budget would, or a message is too large as stored.

@@ -101,8 +101,9 @@ class CoreBackend:
 
     # -- channels -------------------------------------------------------------
 
-    def create_channel(self, name: str, owner: str, created_at: float) -> Result:
-        return {"channel": self.broker.create_channel(name, owner, created_at).info()}
+    def create_channel(self, name: str, owner: str, created_at: float, public: bool) -> Result:
+        channel = self.broker.create_channel(name, owner, created_at, public=public)
+        return {"channel": channel.info()}
 
     def delete_channel(self, name: str, user: str, admin: bool) -> Result:
         channel = self.broker.channel(name)
@@ -118,8 +119,41 @@ class CoreBackend:
     def get_channel(self, name: str, now: float) -> Result:
         channel = self.broker.channel(name)
         info = channel.info()
+        info["grants"] = channel.grants_info()
         info["queues"] = [channel.queues[q].info(now) for q in sorted(channel.queues)]
         return {"channel": info}
+
+    # -- permissions ----------------------------------------------------------
+
+    def _managed_channel(self, name: str, caller: str, admin: bool, what: str) -> None:
+        channel = self.broker.channel(name)
+        if not admin and channel.owner != caller:
+            raise Forbidden(
+                f"only the owner of channel {channel.name!r} ({channel.owner}) or an admin "
+                f"may {what}"
+            )
+
+    def grant(self, channel: str, user: str, rights: list[str], caller: str, admin: bool) -> Result:
+        self._managed_channel(channel, caller, admin, "grant rights on it")
+        return {"rights": self.broker.grant(channel, user, rights)}
+
+    def revoke(
+        self,
+        channel: str,
+        user: str,
+        rights: list[str],
+        user_admin: bool,
+        caller: str,
+        admin: bool,
+    ) -> Result:
+        self._managed_channel(channel, caller, admin, "revoke rights on it")
+        left, dropped = self.broker.revoke(channel, user, rights, user_admin)
+        return {"rights": left, "queues_deleted": dropped}
+
+    def update_channel(self, channel: str, public: bool, caller: str, admin: bool) -> Result:
+        self._managed_channel(channel, caller, admin, "change its access")
+        granted = self.broker.set_access(channel, public)
+        return {"access": "public" if public else "private", "granted": granted}
 
     # -- queues ---------------------------------------------------------------
 
@@ -131,9 +165,10 @@ class CoreBackend:
         admin: bool,
         ack_timeout: float | None,
         created_at: float,
+        reserved_for: str | None,
     ) -> Result:
         found, created = self.broker.subscribe(
-            channel, queue, user, ack_timeout, created_at, admin=admin
+            channel, queue, user, ack_timeout, created_at, admin=admin, reserved_for=reserved_for
         )
         return {"queue": found.info(created_at), "created": created}
 
@@ -171,10 +206,16 @@ class CoreBackend:
     # -- messages -------------------------------------------------------------
 
     def publish(
-        self, channel: str, datas: list[bytes], publisher: bytes, published_at: float
+        self,
+        channel: str,
+        datas: list[bytes],
+        publisher: bytes,
+        published_at: float,
+        user: str,
+        admin: bool,
     ) -> tuple[int, int]:
         ids, queues = self.broker.publish(
-            channel, datas, publisher, published_at, self._loop.time()
+            channel, datas, publisher, published_at, self._loop.time(), user, admin
         )
         return ids[0], queues
 

@@ -349,10 +349,30 @@ def _manage_commands(table: Table, shell: bool) -> None:
     _add_yes(rm)
     rm.set_defaults(handler=manage.user_rm)
 
-    channels = table.group("channel", "manage channels")
-    add = channels.command("add", "create a channel", "tcpmq channel add orders")
+    channels = table.group("channel", "manage channels and who may use them")
+    add = channels.command(
+        "add",
+        "create a channel",
+        "tcpmq channel add orders\ntcpmq channel create news --public",
+        description="Create a channel you own. A private channel is open to you, admins "
+        "and the users you grant rights ('channel grant'); a public one to every user. "
+        "Without --public or --private the server's default applies (private unless its "
+        "operator chose otherwise).",
+        aliases=("create",),
+    )
     add.add_argument("name", metavar="NAME")
-    add.set_defaults(handler=manage.channel_add)
+    access = add.add_mutually_exclusive_group()
+    access.add_argument(
+        "--public", dest="access", action="store_const", const="public", help="open to every user"
+    )
+    access.add_argument(
+        "--private",
+        dest="access",
+        action="store_const",
+        const="private",
+        help="open to you, admins and users granted rights",
+    )
+    add.set_defaults(handler=manage.channel_add, access=None)
     channels.command("list", "list channels", "tcpmq channel list", aliases=("ls",)).set_defaults(
         handler=manage.channel_list
     )
@@ -365,6 +385,43 @@ def _manage_commands(table: Table, shell: bool) -> None:
     rm.add_argument("name", metavar="CHANNEL")
     _add_yes(rm)
     rm.set_defaults(handler=manage.channel_rm)
+    for name, summary, example, description, handler in (
+        (
+            "grant",
+            "give a user rights on a private channel",
+            "tcpmq channel grant orders alice\ntcpmq channel grant orders bob --publish",
+            "Let USER publish to (--publish) or subscribe to (--subscribe) CHANNEL; "
+            "neither flag gives both. Allowed to the channel's owner and admins.",
+            manage.channel_grant,
+        ),
+        (
+            "revoke",
+            "take a user's rights on a channel",
+            "tcpmq channel revoke orders alice\ntcpmq channel revoke orders bob --publish",
+            "Take --publish, --subscribe or (neither flag) both rights from USER. "
+            "Without the subscribe right its queues on CHANNEL are deleted with their "
+            "messages. Allowed to the channel's owner and admins.",
+            manage.channel_revoke,
+        ),
+    ):
+        rights = channels.command(name, summary, example, description=description)
+        rights.add_argument("name", metavar="CHANNEL")
+        rights.add_argument("grantee", metavar="USER")
+        rights.add_argument("--publish", action="store_true", help="the right to publish")
+        rights.add_argument("--subscribe", action="store_true", help="the right to subscribe")
+        rights.set_defaults(handler=handler)
+    access_command = channels.command(
+        "access",
+        "make a channel private or public",
+        "tcpmq channel access orders private",
+        description="Make CHANNEL private (its owner, admins and users granted rights) "
+        "or public (every user). Made private, the owners of its queues are granted "
+        "the subscribe right, so no subscriber loses its queue. Allowed to the "
+        "channel's owner and admins.",
+    )
+    access_command.add_argument("name", metavar="CHANNEL")
+    access_command.add_argument("access", choices=["private", "public"])
+    access_command.set_defaults(handler=manage.channel_access)
 
     sub = table.command(
         "sub",

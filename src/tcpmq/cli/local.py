@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
+    CHANNEL_ACCESS,
     DEFAULT_PORT,
     STORES,
     ConfigError,
@@ -148,6 +149,13 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
         help="log: durable, in the data dir (default); memory: no disk, lost on restart",
     )
     _add_data_dir(serve)
+    serve.add_argument(
+        "--default-channel-access",
+        choices=CHANNEL_ACCESS,
+        default="private",
+        help="access of a channel created without one: private (its owner, admins and "
+        "users granted rights; the default) or public (every user)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--log-format",
@@ -247,6 +255,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         tls=tls,
         plain_listen=args.plain_listen,
         allow_plaintext=args.allow_plaintext,
+        default_channel_access=args.default_channel_access,
     )
 
 

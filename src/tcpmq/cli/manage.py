@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import ChannelInfo, QueueInfo, UserInfo
+from ..models import ChannelInfo, QueueInfo, Right, UserInfo
 from .exits import CliError
 from .output import fields, seconds, table, when
 from .prompts import ask_password, can_ask, confirm, password_from_stdin
@@ -27,9 +27,9 @@ def _user_rows(users: list[UserInfo]) -> str:
 
 def _channel_rows(channels: list[ChannelInfo]) -> str:
     return table(
-        ["NAME", "OWNER", "PUBLISHED", "QUEUES", "CREATED"],
+        ["NAME", "OWNER", "PUBLISHED", "QUEUES", "ACCESS", "CREATED"],
         (
-            [c.name, c.owner, str(c.published), str(c.queue_count), when(c.created_at)]
+            [c.name, c.owner, str(c.published), str(c.queue_count), c.access, when(c.created_at)]
             for c in channels
         ),
     )
@@ -106,8 +106,51 @@ async def user_rm(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def channel_add(ctx: Context, args: argparse.Namespace) -> int:
-    channel = await (await ctx.session.client()).channel_create(args.name)
+    channel = await (await ctx.session.client()).channel_create(args.name, args.access)
     ctx.out.result(channel, f"created channel {channel.name!r}")
+    return 0
+
+
+def _rights(args: argparse.Namespace) -> list[Right]:
+    """The rights --publish and --subscribe name; neither means both."""
+    chosen: list[Right] = []
+    if args.publish:
+        chosen.append("publish")
+    if args.subscribe:
+        chosen.append("subscribe")
+    return chosen or ["publish", "subscribe"]
+
+
+def _held(rights: list[Right]) -> str:
+    return " and ".join(rights) if rights else "no rights"
+
+
+async def channel_grant(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.session.client()
+    rights = await client.channel_grant(args.name, args.grantee, _rights(args))
+    ctx.out.result(
+        {"rights": rights}, f"{args.grantee} now has {_held(rights)} on channel {args.name!r}"
+    )
+    return 0
+
+
+async def channel_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.session.client()
+    result = await client.channel_revoke(args.name, args.grantee, _rights(args))
+    text = f"{args.grantee} now has {_held(result.rights)} on channel {args.name!r}"
+    if result.queues_deleted:
+        text += f"; deleted its {_plural(result.queues_deleted, 'queue')} there"
+    ctx.out.result(result, text)
+    return 0
+
+
+async def channel_access(ctx: Context, args: argparse.Namespace) -> int:
+    client = await ctx.session.client()
+    result = await client.channel_update(args.name, access=args.access)
+    text = f"channel {args.name!r} is {result.access}"
+    if result.granted:
+        text += f"; granted subscribe to {', '.join(result.granted)} (they have queues on it)"
+    ctx.out.result(result, text)
     return 0
 
 
@@ -123,6 +166,8 @@ async def channel_get(ctx: Context, args: argparse.Namespace) -> int:
         [
             ("name", channel.name),
             ("owner", channel.owner),
+            ("access", channel.access),
+            ("grants", _grant_list(channel.grants or {})),
             ("created", when(channel.created_at)),
             ("published", str(channel.published)),
             ("queues", str(channel.queue_count)),
@@ -131,6 +176,13 @@ async def channel_get(ctx: Context, args: argparse.Namespace) -> int:
     queues = f"\n\n{_queue_rows(channel.queues)}" if channel.queues else ""
     ctx.out.result(channel, about + queues)
     return 0
+
+
+def _grant_list(grants: dict[str, list[Right]]) -> str:
+    """`alice (publish, subscribe), bob (subscribe)`, or `none`."""
+    if not grants:
+        return "none"
+    return ", ".join(f"{user} ({', '.join(rights)})" for user, rights in grants.items())
 
 
 async def channel_rm(ctx: Context, args: argparse.Namespace) -> int:

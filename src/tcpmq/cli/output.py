@@ -38,8 +38,8 @@ def compact(value: Any) -> str:
 def plain(value: Any) -> Any:
     """Models (and lists of them) as JSON-ready dicts, as the protocol shows them."""
     if isinstance(value, ChannelInfo) and value.queues is None:
-        # Only channel.get has `queues`; a null would read as "no queues".
-        return value.model_dump(mode="json", exclude={"queues"})
+        # Only channel.get has `grants` and `queues`; a null would read as "none".
+        return value.model_dump(mode="json", exclude={"grants", "queues"})
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list):

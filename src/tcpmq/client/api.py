@@ -15,8 +15,11 @@ from typing import Any
 
 from ..errors import AlreadyExists
 from ..models import (
+    Access,
+    AccessResult,
     AckResult,
     ChannelInfo,
+    GrantResult,
     Identity,
     LoginResult,
     Message,
@@ -25,6 +28,8 @@ from ..models import (
     PublishResult,
     PurgeResult,
     QueueInfo,
+    RevokeResult,
+    Right,
     Role,
     ServerInfo,
     SubscribeResult,
@@ -252,18 +257,25 @@ class Client:
         reply = await self._link.call("user.revoke_tokens", fields)
         return parse(TokensRevoked, reply, "user.revoke_tokens")
 
-    async def channel_create(self, name: str, *, exist_ok: bool = False) -> ChannelInfo:
+    async def channel_create(
+        self, name: str, access: Access | None = None, *, exist_ok: bool = False
+    ) -> ChannelInfo:
         """Create a channel owned by this connection's user.
 
-        With `exist_ok`, a channel that exists already is returned instead
-        (declare-style, as `subscribe` is for one's own queue).
+        `access` is "private" (its owner, admins and users granted rights)
+        or "public" (every user); None takes the server's default. With
+        `exist_ok`, a channel that exists already is returned instead
+        (declare-style, as `subscribe` is for one's own queue), whatever its access.
 
         Raises:
             AlreadyExists: the name is taken (and not `exist_ok`).
             LimitExceeded: `max_channels` reached.
         """
+        fields: dict[str, Any] = {"name": name}
+        if access is not None:
+            fields["access"] = access
         try:
-            reply = await self._link.call("channel.create", {"name": name})
+            reply = await self._link.call("channel.create", fields)
         except AlreadyExists:
             if not exist_ok:
                 raise
@@ -293,6 +305,41 @@ class Client:
         """
         await self._link.call("channel.delete", {"name": name})
 
+    async def channel_grant(
+        self, name: str, user: str, rights: Sequence[Right] = ("publish", "subscribe")
+    ) -> list[Right]:
+        """Give `user` `rights` on a private channel; returns every right it now holds.
+
+        Raises:
+            Forbidden: neither the channel's owner nor an admin.
+            NotFound: no such channel or user.
+        """
+        fields = {"name": name, "user": user, "rights": list(rights)}
+        return parse(GrantResult, await self._link.call("channel.grant", fields), "grant").rights
+
+    async def channel_revoke(
+        self, name: str, user: str, rights: Sequence[Right] = ("publish", "subscribe")
+    ) -> RevokeResult:
+        """Take `rights` from `user`; without `subscribe` its queues on the channel go.
+
+        Raises:
+            Forbidden: neither the channel's owner nor an admin.
+            NotFound: no such channel.
+        """
+        fields = {"name": name, "user": user, "rights": list(rights)}
+        return parse(RevokeResult, await self._link.call("channel.revoke", fields), "revoke")
+
+    async def channel_update(self, name: str, *, access: Access) -> AccessResult:
+        """Make a channel "private" or "public". Made private, the owners of its
+        queues are granted `subscribe` (listed in `granted`).
+
+        Raises:
+            Forbidden: neither the channel's owner nor an admin.
+            NotFound: no such channel.
+        """
+        fields = {"name": name, "access": access}
+        return parse(AccessResult, await self._link.call("channel.update", fields), "update")
+
     async def subscribe(
         self, channel: str, queue: str | None = None, ack_timeout: float | None = None
     ) -> SubscribeResult:
@@ -302,7 +349,9 @@ class Client:
 
         Raises:
             NotFound: no such channel.
-            Forbidden: the queue exists and belongs to another user.
+            Forbidden: the queue exists and belongs to another user; the
+                channel is private and you have no subscribe right; or the
+                name is reserved for another user (theirs, or theirs and a dot).
             LimitExceeded: `max_queues_per_channel` reached.
         """
         fields: dict[str, Any] = {"channel": channel}
@@ -347,6 +396,7 @@ class Client:
 
         Raises:
             NotFound: no such channel.
+            Forbidden: the channel is private and you have no publish right.
             LimitExceeded: a queue of the channel is full; nothing was enqueued.
             FrameTooLarge: the request exceeds the server's `max_frame_bytes`
                 (raised locally; nothing was sent).

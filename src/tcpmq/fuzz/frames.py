@@ -192,6 +192,8 @@ FIELD_VALUES: dict[str, _Gen] = {
     "ids": _ids,
     "data": _data,
     "messages": _messages,
+    "access": _choice("private", "public"),
+    "rights": _choice(["publish"], ["subscribe"], ["publish", "subscribe"]),
 }
 
 
@@ -220,10 +222,13 @@ OPS: dict[str, OpShape] = {
     "user.delete": OpShape({"name": "name"}, 0.3),
     "user.passwd": OpShape({"name?": "name", "password": "password"}, 0.005),
     "user.revoke_tokens": OpShape({"name?": "name"}, 0.01),
-    "channel.create": OpShape({"name": "channel"}, 3),
+    "channel.create": OpShape({"name": "channel", "access?": "access"}, 3),
     "channel.list": OpShape({}, 1),
     "channel.get": OpShape({"name": "channel"}, 1),
     "channel.delete": OpShape({"name": "channel"}, 0.7),
+    "channel.grant": OpShape({"name": "channel", "user": "user", "rights?": "rights"}, 0.5),
+    "channel.revoke": OpShape({"name": "channel", "user": "user", "rights?": "rights"}, 0.3),
+    "channel.update": OpShape({"name": "channel", "access": "access"}, 0.3),
     "subscribe": OpShape(
         {"channel": "channel", "queue?": "queue", "ack_timeout?": "ack_timeout"}, 4
     ),

@@ -27,10 +27,13 @@ from dataclasses import dataclass
 import orjson
 
 MAGIC = b"TCPMQ"
-# Version 2 added delivery counts (DELIVERED, DELIVERED_RANGE, ATTEMPTS); a
-# version 1 file is read as it is, and files created from now on say 2.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = frozenset({1, 2})
+# Version 2 added delivery counts (DELIVERED, DELIVERED_RANGE, ATTEMPTS);
+# version 3 channel permissions (`access` and `grants` in CHANNEL records: one
+# without them is a public channel, as every channel was before). Older files
+# are read as they are; files created from now on say 3, and the log never
+# appends to a segment whose header says an older version (see recovery.py).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = frozenset({1, 2, 3})
 HEADER = struct.Struct("<5scHQ")
 FRAME = struct.Struct("<II")
 # No record is larger: a publish record holds at most max_batch messages of
@@ -96,6 +99,11 @@ def read_header(data: bytes | memoryview, path: str) -> tuple[Kind, int]:
         return Kind(kind), seq
     except ValueError:
         raise FormatError(path, 0, f"unknown file kind {kind!r}") from None
+
+
+def header_version(data: bytes | memoryview) -> int:
+    """The format version in a header that `read_header` accepted."""
+    return int(HEADER.unpack_from(data)[2])
 
 
 def frame(payload: bytes) -> bytes:

@@ -28,9 +28,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..broker import Broker, Channel, Entry, Message, Queue
+from ..broker import PRIVATE, PUBLIC, RIGHTS, Broker, Channel, Entry, Message, Queue
 from .log import SEGMENT_SUFFIX, create_segment, fsync_directory
 from .records import (
+    FORMAT_VERSION,
     HEADER,
     FormatError,
     Kind,
@@ -43,6 +44,7 @@ from .records import (
     decode_range,
     decode_uid,
     header,
+    header_version,
     read_header,
     scan,
 )
@@ -123,6 +125,8 @@ class Replay:
         elif kind is RecordType.CHANNEL:
             record = decode_json(body)
             uid = _int(record, "uid")
+            _public(record)  # checked here, where an error names the record
+            _grants(record)
             existing_channel = self.channels.get(uid)
             if existing_channel is not None:
                 existing_channel.record = record  # a new owner; its queues stay
@@ -180,7 +184,12 @@ class Replay:
             record = state.record
             name = _str(record, "name")
             channel = Channel(
-                name, _str(record, "owner"), _float(record, "created_at"), _int(record, "uid")
+                name,
+                _str(record, "owner"),
+                _float(record, "created_at"),
+                _int(record, "uid"),
+                public=_public(record),
+                grants=_grants(record),
             )
             channel.next_id = state.next_id
             channel.published = state.published
@@ -218,6 +227,27 @@ class Replay:
         broker.next_uid = self.next_uid
         broker.recount()
         return held_total
+
+
+def _public(record: dict[str, object]) -> bool:
+    # Records written before format 3 have no `access`: every channel was
+    # open to every user then, and stays so.
+    access = record.get("access", PUBLIC)
+    if access not in (PUBLIC, PRIVATE):
+        raise ValueError(f"access: expected {PUBLIC!r} or {PRIVATE!r}")
+    return access == PUBLIC
+
+
+def _grants(record: dict[str, object]) -> dict[str, frozenset[str]]:
+    grants = record.get("grants", {})
+    if not isinstance(grants, dict):
+        raise ValueError("grants: expected an object")
+    found: dict[str, frozenset[str]] = {}
+    for user, rights in grants.items():
+        if not isinstance(rights, list) or not rights or not set(rights) <= set(RIGHTS):
+            raise ValueError(f"grants.{user}: expected a list of rights {', '.join(RIGHTS)}")
+        found[user] = frozenset(rights)
+    return found
 
 
 def _int(record: dict[str, object], key: str) -> int:
@@ -312,7 +342,14 @@ def recover(directory: Path, broker: Broker) -> Recovered:
         size, torn = _replay_segment(path, seq, replay, last)
         log_bytes += size
         torn_bytes += torn
-    if seqs:
+    if seqs and _older_format(files.segments[seqs[-1]]):
+        # Never append records of this format to a file whose header says an
+        # older one (which an older build would misread): start a new segment.
+        seq = seqs[-1] + 1
+        os.close(create_segment(directory, seq))
+        fsync_directory(directory)
+        size = HEADER.size
+    elif seqs:
         seq = seqs[-1]
     else:
         seq = 1 if base is None else base
@@ -321,6 +358,11 @@ def recover(directory: Path, broker: Broker) -> Recovered:
         size = HEADER.size
     messages = replay.build(broker)
     return Recovered(seq, size, snapshot_bytes, log_bytes, messages, torn_bytes)
+
+
+def _older_format(path: Path) -> bool:
+    with open(path, "rb") as segment:
+        return header_version(segment.read(HEADER.size)) < FORMAT_VERSION
 
 
 def _load_snapshot(path: Path, seq: int, replay: Replay) -> int:
