@@ -45,7 +45,7 @@ PROTOCOL_OPS = frozenset(
         *("user.create", "user.list", "user.get", "user.delete"),
         *("user.passwd", "user.revoke_tokens"),
         *("channel.create", "channel.list", "channel.get", "channel.delete"),
-        *("subscribe", "queue.list", "queue.delete", "queue.purge"),
+        *("subscribe", "queue.list", "queue.delete", "queue.purge", "queue.update"),
         *("publish", "pull", "peek", "ack", "nack"),
         "server.info",
     }

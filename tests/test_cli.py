@@ -51,7 +51,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),
         *("sub", "queue list", "queue rm", "pub", "pull", "ack", "nack"),
-        *("queue purge", "peek", "passwd", "revoke-tokens"),
+        *("queue purge", "queue update", "peek", "passwd", "revoke-tokens"),
     }
     for command in commands:
         assert main([*command, "--help"]) == 0
