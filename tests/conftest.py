@@ -46,7 +46,7 @@ PROTOCOL_OPS = frozenset(
         *("user.passwd", "user.revoke_tokens"),
         *("channel.create", "channel.list", "channel.get", "channel.delete"),
         *("channel.grant", "channel.revoke", "channel.update"),
-        *("subscribe", "queue.list", "queue.delete", "queue.purge"),
+        *("subscribe", "queue.list", "queue.delete", "queue.purge", "queue.update"),
         *("publish", "pull", "peek", "ack", "nack"),
         "server.info",
     }

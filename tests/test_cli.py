@@ -52,7 +52,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         *("channel add", "channel list", "channel get", "channel rm"),
         *("channel grant", "channel revoke", "channel access"),
         *("sub", "queue list", "queue rm", "pub", "pull", "ack", "nack"),
-        *("queue purge", "peek", "passwd", "revoke-tokens"),
+        *("queue purge", "queue update", "peek", "passwd", "revoke-tokens"),
     }
     for command in commands:
         assert main([*command, "--help"]) == 0

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.every_store
 QUEUE_KEYS = {
     *("name", "channel", "owner", "created_at", "ack_timeout", "depth", "inflight"),
     *("consumers", "oldest_age", "redeliveries"),
+    *("overflow", "max_messages", "max_bytes", "dropped"),
 }
 # Server and test share one clock; this only absorbs slow CI machines.
 CLOCK_SLACK = 30.0

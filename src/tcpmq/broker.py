@@ -54,6 +54,16 @@ that a publish checks one bool (`public`) and, on a private channel, one set:
 once per publish run, never per message. Revoking `subscribe` drops the
 user's queues on the channel, so a queue exists only for someone who may
 read the channel and pulls need no rights check beyond the queue's owner.
+Overflow: a queue is full when a publish would take it past its own
+`max_messages` or `max_bytes` (at most the server's), or its owner past
+`max_queued_bytes_per_user`, counted in the `Account` the owner's queues
+share. What a full queue does is its `overflow` policy: `reject` refuses
+the publish whole; `drop_oldest` drops its oldest ready messages to make
+room; `drop_new` does not take what does not fit. Publish compares each
+queue with its limits (attributes, no lookup) and only a full queue takes
+the slow path, `_overflow`. A message a queue dropped or never took is
+journaled as acked in it, as a purge is: the PUBLISH record puts every
+message in every queue of its channel.
 
 Memory: `memory` estimates what the queued and in-flight messages cost, for
 `max_memory_bytes`. A message's body is one bytes object shared by every
@@ -72,9 +82,10 @@ import bisect
 import contextlib
 import heapq
 import itertools
+import sys
 from collections import deque
 from collections.abc import Iterable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from .config import Limits
 from .errors import AlreadyExists, Forbidden, LimitExceeded, NotFound, StorageFull, TcpmqError
@@ -99,6 +110,39 @@ SLOT_BYTES = 192
 #: and separators): see `Broker._take` and protocol.md, pull.
 REPLY_ROOM = 256
 DELIVERY_BYTES = 24
+
+#: Overflow policies (see the module docstring and protocol.md).
+REJECT = "reject"
+DROP_OLDEST = "drop_oldest"
+DROP_NEW = "drop_new"
+OVERFLOWS = (REJECT, DROP_OLDEST, DROP_NEW)
+#: The queued-bytes quota of a user exempt from quotas (admins).
+UNLIMITED = sys.maxsize
+
+
+class Account:
+    """What one user owns, for the per-user quotas.
+
+    Shared by the user's queues, so that publish reaches the owner's bytes
+    with an attribute load (`queue.account.free_bytes`), not a lookup. It
+    keeps the room left rather than the bytes held: publish compares a
+    message's size with it, no sum made per queue.
+    """
+
+    __slots__ = ("channels", "free_bytes", "queues", "quota")
+
+    def __init__(self, quota: int) -> None:
+        self.channels = 0
+        self.queues = 0
+        # max_queued_bytes_per_user, or UNLIMITED for admins.
+        self.quota = quota
+        # The quota less the encoded bytes held, ready or in flight, by all
+        # the user's queues (below 0 only if the quota was lowered since).
+        self.free_bytes = quota
+
+    @property
+    def held_bytes(self) -> int:
+        return self.quota - self.free_bytes
 
 
 class Entry:
@@ -178,18 +222,25 @@ class Waiter(Protocol):
 
 class Queue:
     __slots__ = (
+        "account",
         "ack_timeout",
         "channel",
         "channel_uid",
         "created_at",
         "deleted",
+        "dropped",
         "fresh",
         "held_bytes",
         "inflight_count",
         "lane_timeout",
         "lanes",
+        "max_bytes",
+        "max_messages",
         "memory",
         "name",
+        "overflow",
+        "own_max_bytes",
+        "own_max_messages",
         "owner",
         "retry",
         "scheduled_at",
@@ -229,6 +280,18 @@ class Queue:
         # When the broker's deadline heap will next look at this queue.
         self.scheduled_at: float | None = None
         self.deleted = False
+        # What a publish that would overflow the queue does (REJECT, DROP_*).
+        self.overflow = REJECT
+        # The limits asked for the queue (None: the server's); `max_messages`
+        # and `max_bytes` are the ones in force (`Broker.apply_limits`).
+        self.own_max_messages: int | None = None
+        self.own_max_bytes: int | None = None
+        self.max_messages = sys.maxsize
+        self.max_bytes = sys.maxsize
+        # The owner's account (the broker's, once the queue is one of its queues).
+        self.account = Account(UNLIMITED)
+        # Messages dropped or not taken since the queue was created or the broker started.
+        self.dropped = 0
 
     @property
     def depth(self) -> int:
@@ -251,6 +314,10 @@ class Queue:
             "consumers": len(self.waiters),
             "oldest_age": None if oldest is None else max(0.0, now - head_published_at(oldest)),
             "redeliveries": len(self.retry),
+            "overflow": self.overflow,
+            "max_messages": self.max_messages,
+            "max_bytes": self.max_bytes,
+            "dropped": self.dropped,
         }
 
     def oldest(self) -> Message | None:
@@ -324,14 +391,21 @@ class Queue:
 
     def record(self) -> dict[str, object]:
         """What the journal keeps of the queue (see storage)."""
-        return {
+        record: dict[str, object] = {
             "uid": self.uid,
             "channel": self.channel_uid,
             "name": self.name,
             "owner": self.owner,
             "ack_timeout": self.ack_timeout,
             "created_at": self.created_at,
+            "overflow": self.overflow,
         }
+        # Only limits asked for: the others follow the server's setting.
+        if self.own_max_messages is not None:
+            record["max_messages"] = self.own_max_messages
+        if self.own_max_bytes is not None:
+            record["max_bytes"] = self.own_max_bytes
+        return record
 
     def held(self) -> list[Message]:
         """Every message the queue holds, ready or in flight, in id order."""
@@ -471,8 +545,10 @@ class Broker:
         self.channels: dict[str, Channel] = {}
         #: Estimated bytes of the messages held (see the module docstring).
         self.memory = 0.0
-        # Queues per owner, for max_queues_per_user.
-        self.queues_by_owner: dict[str, int] = {}
+        #: What each user owns, for the per-user quotas (see `Account`).
+        self.accounts: dict[str, Account] = {}
+        # Users exempt from the quotas: the admins (see `exempt_from_quotas`).
+        self._exempt: set[str] = set()
         # Uids of channels and queues; never reused (storage relies on it).
         self.next_uid = 1
         # (deadline, tiebreak, queue): when to look at a queue's in-flight table.
@@ -499,23 +575,72 @@ class Broker:
         if full is not None:
             raise StorageFull(full)
 
-    def create_channel(self, name: str, owner: str, created_at: float, *, public: bool) -> Channel:
+    # -- per-user quotas ----------------------------------------------------
+
+    def account(self, owner: str) -> Account:
+        """The account of `owner`, made on first use."""
+        account = self.accounts.get(owner)
+        if account is None:
+            exempt = owner in self._exempt
+            quota = UNLIMITED if exempt else self.limits.max_queued_bytes_per_user
+            account = self.accounts[owner] = Account(quota)
+        return account
+
+    def exempt_from_quotas(self, owner: str) -> None:
+        """`owner` is an admin: no per-user quota applies to it.
+
+        The broker does not know the users, so the server names the admins
+        (at start, and as they are created); `delete_user` forgets one.
+        """
+        self._exempt.add(owner)
+        account = self.accounts.get(owner)
+        if account is not None:
+            account.free_bytes += UNLIMITED - account.quota
+            account.quota = UNLIMITED
+
+    @property
+    def queues_by_owner(self) -> dict[str, int]:
+        """Queues per owner, of the owners that have any (max_queues_per_user)."""
+        return {owner: account.queues for owner, account in self.accounts.items() if account.queues}
+
+    # -- channels and queues (continued) -----------------------------------
+
+    def create_channel(
+        self, name: str, owner: str, created_at: float, *, public: bool, admin: bool = False
+    ) -> Channel:
+        """Create a channel owned by `owner` (an admin when `admin`: no quota).
+
+        Raises:
+            AlreadyExists: the name is taken.
+            LimitExceeded: `max_channels`, or the owner's `max_channels_per_user`.
+            StorageFull: the journal is full.
+        """
         if name in self.channels:
             raise AlreadyExists(f"channel {name!r} already exists")
-        if len(self.channels) >= self.limits.max_channels:
+        limits = self.limits
+        if len(self.channels) >= limits.max_channels:
             raise LimitExceeded(
-                "too many channels", limit="max_channels", maximum=self.limits.max_channels
+                "too many channels", limit="max_channels", maximum=limits.max_channels
+            )
+        account = self.account(owner)
+        if not admin and account.channels >= limits.max_channels_per_user:
+            raise LimitExceeded(
+                f"user {owner!r} owns too many channels",
+                limit="max_channels_per_user",
+                maximum=limits.max_channels_per_user,
             )
         self.check_room()
         channel = self.channels[name] = Channel(
             name, owner, created_at, self._new_uid(), public=public
         )
+        account.channels += 1
         self.journal.channel_saved(channel)
         return channel
 
     def delete_channel(self, name: str) -> None:
         channel = self.channel(name)
         del self.channels[name]
+        self.account(channel.owner).channels -= 1
         self.journal.channel_dropped(channel)
         for queue in list(channel.queues.values()):
             self._drop_queue(channel, queue)
@@ -534,6 +659,9 @@ class Broker:
         created_at: float,
         admin: bool = False,
         reserved_for: str | None = None,
+        overflow: str | None = None,
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
     ) -> tuple[Queue, bool]:
         """Find or create the queue; returns it and whether it was created.
 
@@ -541,13 +669,19 @@ class Broker:
         as it may pull from it: admins have every right a queue's owner has.
         `reserved_for` is the user the queue's name belongs to (the name is
         theirs, or starts with theirs and a dot), if any: only they and
-        admins may create it.
+        admins may create it. `owner` is the caller; `admin` whether it is
+        an admin (exempt from the per-user quotas). Settings given replace
+        the queue's (see `configure`); a new queue's `overflow` defaults to
+        `reject` when its owner owns the channel or is an admin, else to
+        `drop_oldest`. `max_messages` and `max_bytes` must be within the
+        server's limits (the caller checks them).
 
         Raises:
             NotFound: no such channel.
             Forbidden: the queue exists and belongs to someone else; or it
                 would be created without the subscribe right, or under a
-                name reserved for another user.
+                name reserved for another user; or `reject` asked by neither
+                the channel's owner nor an admin.
             LimitExceeded: the channel has `max_queues_per_channel` queues, or
                 the owner `max_queues_per_user`.
             StorageFull: the queue would be created and the journal is full.
@@ -557,8 +691,13 @@ class Broker:
         if queue is not None:
             if queue.owner != owner and not admin:
                 raise self._taken(channel, queue, owner, reserved_for)
+            changed = self._configure(
+                channel, queue, owner, admin, overflow, max_messages, max_bytes
+            )
             if ack_timeout is not None and ack_timeout != queue.ack_timeout:
                 queue.ack_timeout = ack_timeout
+                changed = True
+            if changed:
                 self.journal.queue_saved(queue)
             return queue, False
         if not channel.may(owner, admin, SUBSCRIBE):
@@ -568,6 +707,7 @@ class Broker:
                 f"queue name {queue_name!r} is reserved for user {reserved_for!r}; "
                 f"name yours {owner}.<something>"
             )
+        self._check_overflow(channel, owner, admin, overflow)
         limits = self.limits
         if len(channel.queues) >= limits.max_queues_per_channel:
             raise LimitExceeded(
@@ -575,8 +715,8 @@ class Broker:
                 limit="max_queues_per_channel",
                 maximum=limits.max_queues_per_channel,
             )
-        owned = self.queues_by_owner.get(owner, 0)
-        if owned >= limits.max_queues_per_user:
+        account = self.account(owner)
+        if not admin and account.queues >= limits.max_queues_per_user:
             raise LimitExceeded(
                 f"user {owner!r} has too many queues",
                 limit="max_queues_per_user",
@@ -587,8 +727,16 @@ class Broker:
         queue = Queue(
             channel_name, queue_name, owner, timeout, created_at, self._new_uid(), channel.uid
         )
+        if overflow is None:
+            # A queue that rejects blocks every publisher: the channel owner's choice.
+            overflow = REJECT if admin or owner == channel.owner else DROP_OLDEST
+        queue.overflow = overflow
+        queue.own_max_messages = max_messages
+        queue.own_max_bytes = max_bytes
+        self.apply_limits(queue)
+        queue.account = account
+        account.queues += 1
         channel.queues[queue_name] = queue
-        self.queues_by_owner[owner] = owned + 1
         self.journal.queue_saved(queue)
         return queue, True
 
@@ -669,6 +817,69 @@ class Broker:
             self.journal.channel_saved(channel)
         return granted
 
+    def configure(
+        self,
+        queue: Queue,
+        user: str,
+        admin: bool,
+        overflow: str | None,
+        max_messages: int | None,
+        max_bytes: int | None,
+    ) -> None:
+        """Change a queue's overflow policy and limits, as `user` asks (None: unchanged).
+
+        Who may is the caller's to check (queue.update: the queue's owner,
+        the channel's owner, admins); `reject` is allowed only to the
+        channel's owner and admins. Limits must be within the server's.
+
+        Raises:
+            Forbidden: `reject` asked by neither the channel's owner nor an admin.
+        """
+        channel = self.channels[queue.channel]
+        if self._configure(channel, queue, user, admin, overflow, max_messages, max_bytes):
+            self.journal.queue_saved(queue)
+
+    def _configure(
+        self,
+        channel: Channel,
+        queue: Queue,
+        user: str,
+        admin: bool,
+        overflow: str | None,
+        max_messages: int | None,
+        max_bytes: int | None,
+    ) -> bool:
+        """Apply the settings given; returns whether anything changed."""
+        self._check_overflow(channel, user, admin, overflow)
+        before = (queue.overflow, queue.own_max_messages, queue.own_max_bytes)
+        if overflow is not None:
+            queue.overflow = overflow
+        if max_messages is not None:
+            queue.own_max_messages = max_messages
+        if max_bytes is not None:
+            queue.own_max_bytes = max_bytes
+        self.apply_limits(queue)
+        return (queue.overflow, queue.own_max_messages, queue.own_max_bytes) != before
+
+    @staticmethod
+    def _check_overflow(channel: Channel, user: str, admin: bool, overflow: str | None) -> None:
+        if overflow == REJECT and not admin and user != channel.owner:
+            raise Forbidden(
+                f"only the owner of channel {channel.name!r} or an admin may set overflow "
+                '"reject": a full queue that rejects makes every publish to the channel '
+                'fail; use "drop_oldest" or "drop_new"'
+            )
+
+    def apply_limits(self, queue: Queue) -> None:
+        """Set the limits in force: those asked for, within the server's."""
+        limits = self.limits
+        asked = queue.own_max_messages
+        most = limits.max_queue_messages
+        queue.max_messages = most if asked is None else min(asked, most)
+        asked = queue.own_max_bytes
+        most = limits.max_queue_bytes
+        queue.max_bytes = most if asked is None else min(asked, most)
+
     def delete_queue(self, channel_name: str, queue_name: str) -> None:
         queue = self.queue(channel_name, queue_name)
         self.journal.queue_dropped(queue)
@@ -690,24 +901,28 @@ class Broker:
         for channel, queue in doomed:
             self.journal.queue_dropped(queue)
             self._drop_queue(channel, queue)
+        # A user created later under the name starts afresh (and not exempt).
+        self.accounts.pop(owner, None)
+        self._exempt.discard(owner)
+        inherited = 0
         for channel in self.channels.values():
             # A user created later under the same name inherits nothing.
             if channel.owner == owner or owner in channel.grants:
                 if channel.owner == owner:
                     channel.owner = heir
+                    inherited += 1
                 channel.grants.pop(owner, None)
                 channel.rights_changed()
                 self.journal.channel_saved(channel)
+        self.account(heir).channels += inherited
         return len(doomed)
 
     def _drop_queue(self, channel: Channel, queue: Queue) -> None:
         channel.queues.pop(queue.name, None)
         queue.deleted = True
-        owned = self.queues_by_owner.get(queue.owner, 0) - 1
-        if owned > 0:
-            self.queues_by_owner[queue.owner] = owned
-        else:
-            self.queues_by_owner.pop(queue.owner, None)
+        account = queue.account
+        account.queues -= 1
+        account.free_bytes += queue.held_bytes
         self.memory = max(0.0, self.memory - queue.memory)
         queue.memory = 0.0
         queue.held_bytes = 0
@@ -736,20 +951,22 @@ class Broker:
         user: str,
         admin: bool,
     ) -> tuple[list[int], int]:
-        """Append encoded messages to every queue of the channel, all or nothing.
+        """Append encoded messages to every queue of the channel.
 
         `datas` are the JSON-encoded data values; `publisher` the publisher's
         JSON-encoded name, `user` the same name and `admin` its role, for
-        the channel's rights. Returns the message ids and how many queues got them.
+        the channel's rights. Returns the message ids and how many queues the
+        channel has. A full queue (see the module docstring) refuses the
 
         Raises:
             NotFound: no such channel.
             Forbidden: the channel is private and `user` may not publish to it.
             StorageFull: the journal takes no new data now.
-            LimitExceeded: some queue would exceed its message or byte limit
-                (counting what it holds, ready or in flight), the broker's
-                memory budget would be exceeded, or a message would be too
-                large, as stored, for a pull reply (`max_frame_bytes`).
+            LimitExceeded: a full queue rejects (`max_queue_messages`,
+                `max_queue_bytes` with the queue's own maximum, or
+                `max_queued_bytes_per_user`), the broker's memory budget would
+                be exceeded, or a message would be too large, as stored, for
+                a pull reply (`max_frame_bytes`).
         """
         channel = self.channel(channel_name)
         # Once per publish run: a bool, then on a private channel one set.
@@ -779,21 +996,24 @@ class Broker:
                     limit="max_memory_bytes",
                     maximum=limits.max_memory_bytes,
                 )
-            most_messages = limits.max_queue_messages - count
-            most_bytes = limits.max_queue_bytes - size
+            # The owners' bytes are counted as each queue is found to have
+            # room, so that queues of one owner see each other's share.
+            overflowing: list[Queue] | None = None
             for queue in queues:
-                if len(queue.fresh) + len(queue.retry) + queue.inflight_count > most_messages:
-                    raise LimitExceeded(
-                        f"queue {queue.name!r} is full",
-                        limit="max_queue_messages",
-                        maximum=limits.max_queue_messages,
-                    )
-                if queue.held_bytes > most_bytes:
-                    raise LimitExceeded(
-                        f"queue {queue.name!r} is full",
-                        limit="max_queue_bytes",
-                        maximum=limits.max_queue_bytes,
-                    )
+                account = queue.account
+                if (
+                    len(queue.fresh) + len(queue.retry) + queue.inflight_count + count
+                    > queue.max_messages
+                    or queue.held_bytes + size > queue.max_bytes
+                    or size > account.free_bytes
+                ):
+                    if queue.overflow == REJECT:
+                        self._refuse(queues, queue, overflowing, count, size)
+                    if overflowing is None:
+                        overflowing = []
+                    overflowing.append(queue)
+                else:
+                    account.free_bytes -= size
         channel.next_id = first + count
         channel.published += count
         self.journal.published(channel, first, messages)
@@ -806,12 +1026,125 @@ class Broker:
         self.memory += cost
         charge = body / fanout + count * SLOT_BYTES
         for queue in queues:
-            queue.fresh.extend(messages)
-            queue.held_bytes += size
-            queue.memory += charge
+            if overflowing is not None and queue in overflowing:
+                self._overflow(queue, messages, first, fanout)
+            else:
+                queue.fresh.extend(messages)
+                queue.held_bytes += size
+                queue.memory += charge
             if queue.waiters:
                 self._serve_waiters(queue, now)
         return list(range(first, first + len(messages))), len(queues)
+
+    def _refuse(
+        self,
+        queues: Iterable[Queue],
+        full: Queue,
+        overflowing: list[Queue] | None,
+        count: int,
+        size: int,
+    ) -> NoReturn:
+        """A publish of `count` messages (`size` bytes) meets `full`, which rejects.
+
+        Gives back the owners' bytes counted for the queues before it.
+
+        Raises: LimitExceeded, naming the limit `full` would pass.
+        """
+        for queue in queues:
+            if queue is full:
+                break
+            if overflowing is None or queue not in overflowing:
+                queue.account.free_bytes += size
+        if full.depth + full.inflight_count + count > full.max_messages:
+            raise LimitExceeded(
+                f"queue {full.name!r} is full",
+                limit="max_queue_messages",
+                maximum=full.max_messages,
+            )
+        if full.held_bytes + size > full.max_bytes:
+            raise LimitExceeded(
+                f"queue {full.name!r} is full", limit="max_queue_bytes", maximum=full.max_bytes
+            )
+        raise LimitExceeded(
+            f"user {full.owner!r}, owner of queue {full.name!r}, holds as many queued bytes "
+            "as allowed",
+            limit="max_queued_bytes_per_user",
+            maximum=full.account.quota,
+        )
+
+    def _overflow(self, queue: Queue, messages: list[Message], first: int, fanout: int) -> None:
+        """Put what fits of `messages` (ids from `first`) into a full queue, by its policy.
+
+        Message by message, as if published one by one: `drop_new` takes
+        each that fits; `drop_oldest` first drops the oldest ready messages
+        (the batch's own included) until it fits. It drops none when that
+        cannot make room: when what is in flight fills the queue's
+        `max_messages`, or the message alone is beyond `max_bytes`, or the
+        owner's other queues fill its quota. (In-flight bytes are not
+        counted apart, so a queue whose in-flight messages fill `max_bytes`
+        may drop its ready ones and still not take the message.)
+
+        Called after `memory` was charged for every queue taking every
+        message: gives back what the queue did not take.
+        """
+        account = queue.account
+        fresh = queue.fresh
+        retry = queue.retry
+        most_messages = queue.max_messages
+        most_bytes = queue.max_bytes
+        drop_oldest = queue.overflow == DROP_OLDEST
+        held = len(fresh) + len(retry) + queue.inflight_count
+        dropped_ids: list[int] = []
+        dropped_heads: list[Message] = []
+        refused: list[int] = []
+        refused_bytes = 0
+        for index, head in enumerate(messages):
+            length = len(head)
+            if (
+                drop_oldest
+                and queue.inflight_count < most_messages
+                and length <= most_bytes
+                and length <= account.free_bytes + queue.held_bytes
+            ):
+                while (fresh or retry) and (
+                    held >= most_messages
+                    or queue.held_bytes + length > most_bytes
+                    or length > account.free_bytes
+                ):
+                    if retry:
+                        message_id, entry = heapq.heappop(retry)
+                        old = entry.head
+                    else:
+                        old = fresh.popleft()
+                        message_id = head_id(old)
+                    dropped_ids.append(message_id)
+                    dropped_heads.append(old)
+                    held -= 1
+                    queue.held_bytes -= len(old)
+                    account.free_bytes += len(old)
+            if (
+                held >= most_messages
+                or queue.held_bytes + length > most_bytes
+                or length > account.free_bytes
+            ):
+                refused.append(first + index)
+                refused_bytes += length
+                continue
+            fresh.append(head)
+            held += 1
+            queue.held_bytes += length
+            account.free_bytes -= length
+        taken = len(messages) - len(refused)
+        taken_bytes = sum(map(len, messages)) - refused_bytes
+        queue.memory += (taken_bytes + taken * BODY_OVERHEAD) / fanout + taken * SLOT_BYTES
+        not_charged = (refused_bytes + len(refused) * BODY_OVERHEAD) / fanout
+        self.memory = max(0.0, self.memory - not_charged - len(refused) * SLOT_BYTES)
+        if dropped_ids:
+            self._free_memory(queue, dropped_ids, dropped_heads, sum(map(len, dropped_heads)))
+        gone = refused + dropped_ids
+        if gone:
+            queue.dropped += len(gone)
+            self.journal.acked(queue, gone)
 
     def _refuse_too_large(self, messages: list[Message]) -> None:
         """Every message stored must fit in a pull reply on its own (its data
@@ -1008,6 +1341,12 @@ class Broker:
     def _release(self, queue: Queue, ids: Ids, heads: list[Message]) -> None:
         """The queue holds these messages no more (acked, purged): count them out."""
         size = sum(map(len, heads))
+        queue.held_bytes -= size
+        queue.account.free_bytes += size
+        self._free_memory(queue, ids, heads, size)
+
+    def _free_memory(self, queue: Queue, ids: Ids, heads: list[Message], size: int) -> None:
+        """Give back the memory charged for these messages (`size` bytes encoded)."""
         count = len(heads)
         channel = self.channels[queue.channel]
         epochs = channel.epochs
@@ -1022,22 +1361,23 @@ class Broker:
                 for message_id, head in zip(ids, heads, strict=True)
             )
         freed = body + count * SLOT_BYTES
-        queue.held_bytes -= size
         queue.memory -= freed
         self.memory = max(0.0, self.memory - freed)
 
     def recount(self) -> None:
-        """Count memory, bytes and queues per owner anew, as after a recovery.
+        """Count memory, bytes, and what each user owns anew, as after a recovery;
+        set each queue's limits in force.
 
         The queue counts at publish are not kept across restarts: every
         message held is taken as published to its channel's queues of now.
         """
         self.memory = 0.0
-        self.queues_by_owner = {}
+        self.accounts = {}
         for channel in self.channels.values():
             fanout = max(1, len(channel.queues))
             channel.epochs = [0]
             channel.fanouts = [fanout]
+            self.account(channel.owner).channels += 1
             for queue in channel.queues.values():
                 held = queue.held()
                 queue.held_bytes = sum(map(len, held))
@@ -1045,7 +1385,10 @@ class Broker:
                     held
                 ) * SLOT_BYTES
                 self.memory += queue.memory
-                self.queues_by_owner[queue.owner] = self.queues_by_owner.get(queue.owner, 0) + 1
+                account = queue.account = self.account(queue.owner)
+                account.queues += 1
+                account.free_bytes -= queue.held_bytes
+                self.apply_limits(queue)
 
     def _requeue(self, queue: Queue, deliveries: list[Entry], now: float) -> None:
         retry = queue.retry

@@ -44,18 +44,29 @@ class Limits:
     default_ack_timeout: float = 30.0
     min_ack_timeout: float = 0.1
     max_ack_timeout: float = 43200.0
-    # Messages per queue, ready or in flight; a publish that would overflow
-    # any queue of its channel is refused whole with limit_exceeded.
+    # Messages per queue, ready or in flight, and the most a queue may be
+    # given as its own max_messages / max_bytes. What a publish that would
+    # overflow a queue does is the queue's overflow policy (protocol.md).
     max_queue_messages: int = 1_000_000
     max_queue_bytes: int = 256 * 1024 * 1024
     # Delivered-but-unacked messages per queue; a pull returns fewer beyond it.
     max_inflight: int = 100_000
     max_users: int = 10_000
     max_channels: int = 10_000
+    # Channels one user owns: without it one user could take all of
+    # max_channels and leave none to the others. An application needs a few;
+    # 100 is generous, and 100 users may each reach it before max_channels.
+    # Admins are exempt, as from every per-user quota.
+    max_channels_per_user: int = 100
     max_queues_per_channel: int = 1_000
     # Queues one user owns, across channels: each queue multiplies what every
     # publish to its channel costs. A consumer needs a few; 100 is generous.
     max_queues_per_user: int = 100
+    # Encoded bytes held, ready or in flight, by all the queues one user owns:
+    # unconsumed queues of one user must not take the whole memory budget.
+    # One full queue's worth (max_queue_bytes), a quarter of max_memory_bytes.
+    # A queue whose owner is at it counts as full (its overflow policy applies).
+    max_queued_bytes_per_user: int = 256 * 1024 * 1024
     # The broker's estimate of the memory its messages take, ready and in
     # flight: each body once however many queues hold it, plus the most a
     # queue's hold on a message can cost (see broker.py). A publish beyond it
@@ -68,6 +79,8 @@ class Limits:
     # (see fdlimit.py). At it, the oldest unauthenticated connection makes
     # room for a new one; only when all are authenticated is the new one refused.
     max_connections: int = 10_000
+    # Connections one user has authenticated (admins are exempt: an operator
+    # must get in while a user's clients fill theirs).
     max_connections_per_user: int = 1_000
     # --- connection limits: one source address, unauthenticated lines, idle
     # and stalled connections, closing (protocol.md, Limits; README, Reliability:

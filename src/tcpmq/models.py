@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 Role = Literal["user", "admin"]
 Access = Literal["private", "public"]
 Right = Literal["publish", "subscribe"]
+Overflow = Literal["reject", "drop_oldest", "drop_new"]
 
 
 class _Result(BaseModel):
@@ -41,6 +42,14 @@ class QueueInfo(_Result):
     oldest_age: float | None
     # Ready messages that were delivered before (nack, ack timeout, restart).
     redeliveries: int
+    # What the queue does when full ("reject", "drop_oldest", "drop_new") and
+    # its limits in force; None from a server older than overflow policies.
+    overflow: Overflow | None = None
+    max_messages: int | None = None
+    max_bytes: int | None = None
+    # Messages dropped because the queue was full, since it was created or
+    # the server started.
+    dropped: int = 0
 
 
 class ChannelInfo(_Result):
@@ -116,6 +125,10 @@ class PurgeResult(_Result):
 class TokensRevoked(_Result):
     # Tokens of the user issued (`iat`) before this epoch second are refused.
     tokens_valid_after: int
+
+
+class QueueResult(_Result):
+    queue: QueueInfo
 
 
 class SubscribeResult(_Result):

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from . import audit, info, wire
 from .app import App, Caller
 from .auth import DUMMY_HASH
+from .backend.base import NO_SETTINGS, QueueSettings
 from .errors import (
     AlreadyExists,
     AuthFailed,
@@ -221,6 +222,8 @@ def op_user_create(app: App, caller: Caller, request: wire.UserCreateRequest) ->
         return await app.users.create(request.name, request.role, password_hash, time.time())
 
     def created(user: User) -> Result:
+        if user.role == "admin":
+            app.backend.exempt_from_quotas(user.name)
         audit.event("user_created", user=user.name, role=user.role, by=caller.name)
         return {"user": user.info()}
 
@@ -297,7 +300,7 @@ def op_channel_create(
 ) -> Result | Pending:
     access = request.access or app.default_channel_access
     result = app.backend.create_channel(
-        request.name, caller.name, time.time(), public=access == "public"
+        request.name, caller.name, caller.is_admin, time.time(), public=access == "public"
     )
     audit.event("channel_created", channel=request.name, access=access, by=caller.name)
     return result
@@ -405,9 +408,33 @@ def op_subscribe(app: App, caller: Caller, request: wire.SubscribeRequest) -> Re
         request.ack_timeout,
         time.time(),
         reserved_for(app, queue),
+        _queue_settings(app, request),
     )
     if isinstance(result, dict) and result.get("created"):
         audit.event("queue_created", channel=request.channel, queue=queue, by=caller.name)
+    return result
+
+
+def _queue_settings(
+    app: App, request: wire.SubscribeRequest | wire.QueueUpdateRequest
+) -> QueueSettings:
+    """The overflow policy and limits asked for, checked against the server's limits."""
+    limits = app.limits
+    if request.max_messages is not None:
+        _check_range("max_messages", request.max_messages, 1, limits.max_queue_messages)
+    if request.max_bytes is not None:
+        _check_range("max_bytes", request.max_bytes, 1, limits.max_queue_bytes, " bytes")
+    if request.overflow is None and request.max_messages is None and request.max_bytes is None:
+        return NO_SETTINGS
+    return QueueSettings(request.overflow, request.max_messages, request.max_bytes)
+
+
+def op_queue_update(app: App, caller: Caller, request: wire.QueueUpdateRequest) -> Result | Pending:
+    settings = _queue_settings(app, request)
+    result = app.backend.update_queue(
+        request.channel, request.queue, caller.name, caller.is_admin, settings, time.time()
+    )
+    audit.event("queue_updated", channel=request.channel, queue=request.queue, by=caller.name)
     return result
 
 
@@ -496,8 +523,9 @@ class PublishRun:
     waiting pulls) costs a fraction of publishing each alone. The connection
     ends a run before it handles any other request, so every effect still
     happens in request order, and each publish gets its own reply. If the
-    batch would overflow a queue they are published one by one instead, so
-    each gets the result it would have had alone.
+    batch would overflow a queue that rejects they are published one by one
+    instead, so each gets the result it would have had alone (queues that
+    drop meet a batch message by message already).
     """
 
     __slots__ = ("batches", "channel", "datas", "heads", "refusals", "size")
@@ -639,6 +667,7 @@ HANDLERS: dict[str, Handler] = {
     "queue.list": op_queue_list,
     "queue.delete": op_queue_delete,
     "queue.purge": op_queue_purge,
+    "queue.update": op_queue_update,
     "publish": op_publish,
     "pull": op_pull,
     "peek": op_peek,

@@ -2,9 +2,10 @@
 
 Admits connections up to `max_connections` in all and
 `max_connections_per_address` from one source address, binds each
-authenticated one to its user (at most `max_connections_per_user`), and ends
-a user's connections when the user is deleted or all of them at shutdown. It
-holds connections by a small protocol, so it knows nothing of how they work.
+authenticated one to its user (at most `max_connections_per_user`, admins
+exempt), and ends a user's connections when the user is deleted or all of
+them at shutdown. It holds connections by a small protocol, so it knows
+nothing of how they work.
 
 Shedding: when the server is full, a new connection does not simply bounce.
 The oldest connection that has not authenticated yet is closed to make room
@@ -100,13 +101,14 @@ class Connections:
         """Make `user` the caller's identity.
 
         Raises:
-            LimitExceeded: the user has `max_connections_per_user` connections.
+            LimitExceeded: the user has `max_connections_per_user` connections
+                (admins are exempt).
         """
         connection = self._by_caller.get(caller)
         if connection is not None:
             bound = self._by_user.setdefault(user.name, set())
             maximum = self._limits.max_connections_per_user
-            if connection not in bound and len(bound) >= maximum:
+            if connection not in bound and len(bound) >= maximum and user.role != "admin":
                 raise LimitExceeded(
                     f"user {user.name!r} has too many connections",
                     limit="max_connections_per_user",

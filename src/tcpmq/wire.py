@@ -96,6 +96,9 @@ class NameRequest(Request):
     name: Name
 
 
+Overflow = Literal["reject", "drop_oldest", "drop_new"]
+
+
 class ChannelCreateRequest(Request):
     name: Name
     # Without it: the server's `default_channel_access`.
@@ -118,6 +121,19 @@ class SubscribeRequest(Request):
     queue: Name | None = None
     # The range is a server setting, checked (and reported) by the handler.
     ack_timeout: float | None = None
+    # The queue's overflow policy and limits (the handler checks the limits
+    # against the server's); omitted: unchanged, or a new queue's default.
+    overflow: Overflow | None = None
+    max_messages: PositiveInt | None = None
+    max_bytes: PositiveInt | None = None
+
+
+class QueueUpdateRequest(Request):
+    channel: Name
+    queue: Name
+    overflow: Overflow | None = None
+    max_messages: PositiveInt | None = None
+    max_bytes: PositiveInt | None = None
 
 
 class QueueListRequest(Request):
@@ -221,13 +237,20 @@ OPS: dict[str, OpSpec] = {
         ChannelUpdateRequest, "name, access", "make a channel private or public"
     ),
     "subscribe": OpSpec(
-        SubscribeRequest, "channel, queue?, ack_timeout?", "add a queue to a channel"
+        SubscribeRequest,
+        "channel, queue?, ack_timeout?, overflow?, max_messages?, max_bytes?",
+        "add a queue to a channel",
     ),
     "queue.list": OpSpec(
         QueueListRequest, "channel?", "list the queues of a channel, or of every channel"
     ),
     "queue.delete": OpSpec(QueueRequest, "channel, queue", "delete a queue (unsubscribe)"),
     "queue.purge": OpSpec(QueueRequest, "channel, queue", "drop every ready message of a queue"),
+    "queue.update": OpSpec(
+        QueueUpdateRequest,
+        "channel, queue, overflow?, max_messages?, max_bytes?",
+        "change what a full queue does, and its limits",
+    ),
     "publish": OpSpec(
         PublishRequest, "channel, data | messages", "put messages into every queue of a channel"
     ),

@@ -18,9 +18,23 @@ out tickets that are durable at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..pending import Pending, Result
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """What `subscribe` and `queue.update` may set on a queue; None leaves it as it is
+    (for a new queue: its default). Limits are within the server's (checked by the caller)."""
+
+    overflow: str | None = None
+    max_messages: int | None = None
+    max_bytes: int | None = None
+
+
+NO_SETTINGS = QueueSettings()
 
 
 class Commits(Protocol):
@@ -55,12 +69,20 @@ class Backend(Protocol):
         Raises: StorageFull, while the store's disk is (nearly) full or it cannot write.
         """
 
+    def exempt_from_quotas(self, name: str) -> None:
+        """The user `name` is an admin: no per-user quota applies to it (the
+        server names every admin at start and as one is created; deleting
+        the user forgets it)."""
+
     # -- channels -------------------------------------------------------------
 
     def create_channel(
-        self, name: str, owner: str, created_at: float, public: bool
+        self, name: str, owner: str, admin: bool, created_at: float, public: bool
     ) -> Result | Pending:
-        """Result: `channel`. Raises: AlreadyExists, LimitExceeded, StorageFull."""
+        """Result: `channel`. `admin`: the owner is one (no `max_channels_per_user`).
+
+        Raises: AlreadyExists, LimitExceeded, StorageFull.
+        """
 
     def delete_channel(self, name: str, user: str, admin: bool) -> Result | Pending:
         """Raises: NotFound, Forbidden (neither owner nor admin)."""
@@ -117,13 +139,15 @@ class Backend(Protocol):
         ack_timeout: float | None,
         created_at: float,
         reserved_for: str | None,
+        settings: QueueSettings = NO_SETTINGS,
     ) -> Result | Pending:
         """Result: `queue`, `created`. Raises: NotFound, Forbidden, LimitExceeded, StorageFull
         (the last two only when the queue would be created).
 
         Creating a queue needs the subscribe right; `reserved_for` is the
         user whose name the queue's name is (or starts with, and a dot),
-        the only one besides admins who may create it.
+        the only one besides admins who may create it. Forbidden also for
+        overflow `reject` asked by neither the channel's owner nor an admin.
         """
 
     def list_queues(self, channel: str | None, now: float) -> Result | Pending:
@@ -134,6 +158,13 @@ class Backend(Protocol):
 
     def delete_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result | Pending:
         """Raises: NotFound, Forbidden."""
+
+    def update_queue(
+        self, channel: str, queue: str, user: str, admin: bool, settings: QueueSettings, now: float
+    ) -> Result | Pending:
+        """Change a queue's overflow policy and limits. Result: `queue` (`now`:
+        epoch seconds). Raises: NotFound, Forbidden (neither the queue's owner,
+        the channel's owner nor an admin; or `reject` asked by neither of the last two)."""
 
     def purge_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result | Pending:
         """Drop the queue's ready messages. Result: `purged`. Raises: NotFound, Forbidden."""
@@ -152,18 +183,19 @@ class Backend(Protocol):
         user: str,
         admin: bool,
     ) -> tuple[int, int]:
-        """Append encoded messages to every queue of the channel, all or nothing.
+        """Append encoded messages to every queue of the channel.
 
         `publisher` is the publisher's JSON-encoded name, `user` the same
         name and `admin` its role. Returns the first message id (the others
-        follow it) and how many queues got them.
+        follow it) and how many queues the channel has. A full queue refuses
+        the publish whole or drops, by its overflow policy (protocol.md).
 
         Raises:
             NotFound: no such channel.
             Forbidden: the channel is private and `user` has no publish right.
             StorageFull: the store takes no new data now.
-            LimitExceeded: some queue would exceed its message or byte limit,
-                the memory budget would, or a message is too large as stored.
+            LimitExceeded: a full queue rejects, the memory budget would be
+                exceeded, or a message is too large as stored.
         """
 
     def pull(

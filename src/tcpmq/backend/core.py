@@ -18,7 +18,7 @@ from .. import wire
 from ..broker import Broker, Entry, Queue
 from ..errors import Forbidden, TcpmqError
 from ..pending import Pending, Result
-from .base import Commits
+from .base import NO_SETTINGS, Commits, QueueSettings
 
 
 class ImmediateCommits:
@@ -101,8 +101,13 @@ class CoreBackend:
 
     # -- channels -------------------------------------------------------------
 
-    def create_channel(self, name: str, owner: str, created_at: float, public: bool) -> Result:
-        channel = self.broker.create_channel(name, owner, created_at, public=public)
+    def exempt_from_quotas(self, name: str) -> None:
+        self.broker.exempt_from_quotas(name)
+
+    def create_channel(
+        self, name: str, owner: str, admin: bool, created_at: float, public: bool
+    ) -> Result:
+        channel = self.broker.create_channel(name, owner, created_at, public=public, admin=admin)
         return {"channel": channel.info()}
 
     def delete_channel(self, name: str, user: str, admin: bool) -> Result:
@@ -166,9 +171,19 @@ class CoreBackend:
         ack_timeout: float | None,
         created_at: float,
         reserved_for: str | None,
+        settings: QueueSettings = NO_SETTINGS,
     ) -> Result:
         found, created = self.broker.subscribe(
-            channel, queue, user, ack_timeout, created_at, admin=admin, reserved_for=reserved_for
+            channel,
+            queue,
+            user,
+            ack_timeout,
+            created_at,
+            admin=admin,
+            reserved_for=reserved_for,
+            overflow=settings.overflow,
+            max_messages=settings.max_messages,
+            max_bytes=settings.max_bytes,
         )
         return {"queue": found.info(created_at), "created": created}
 
@@ -195,6 +210,15 @@ class CoreBackend:
         self._managed_queue(channel, queue, user, admin, "delete it")
         self.broker.delete_queue(channel, queue)
         return None
+
+    def update_queue(
+        self, channel: str, queue: str, user: str, admin: bool, settings: QueueSettings, now: float
+    ) -> Result:
+        found = self._managed_queue(channel, queue, user, admin, "change it")
+        self.broker.configure(
+            found, user, admin, settings.overflow, settings.max_messages, settings.max_bytes
+        )
+        return {"queue": found.info(now)}
 
     def purge_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result:
         found = self._managed_queue(channel, queue, user, admin, "purge it")

@@ -426,10 +426,11 @@ def _manage_commands(table: Table, shell: bool) -> None:
     sub = table.command(
         "sub",
         "subscribe: add a queue to a channel",
-        "tcpmq sub orders --queue billing --ack-timeout 60",
+        "tcpmq sub orders --queue billing --ack-timeout 60\n"
+        "tcpmq sub orders --overflow drop_oldest --max-messages 10000",
         description="Add a queue to a channel (named after you unless --queue is given); "
         "every message published from then on is also put in it. Subscribing again to "
-        "your own queue is not an error and sets a given --ack-timeout.",
+        "your own queue is not an error and sets the options given.",
     )
     sub.add_argument("channel", metavar="CHANNEL")
     sub.add_argument("--queue", metavar="QUEUE", help="queue name (default: your user name)")
@@ -439,6 +440,7 @@ def _manage_commands(table: Table, shell: bool) -> None:
         metavar="SECONDS",
         help="redeliver a message not acked within SECONDS (server default 30)",
     )
+    _add_queue_settings(sub)
     sub.set_defaults(handler=manage.subscribe)
 
     queues = table.group("queue", "list and delete queues")
@@ -470,6 +472,41 @@ def _manage_commands(table: Table, shell: bool) -> None:
     purge.add_argument("channel", metavar="CHANNEL")
     purge.add_argument("queue", metavar="QUEUE")
     purge.set_defaults(handler=operate.queue_purge)
+    update = queues.command(
+        "update",
+        "change what a full queue does, and its limits",
+        "tcpmq queue update orders audit --overflow drop_new --max-messages 1000",
+        description="Change a queue's overflow policy and limits; options not given stay "
+        "as they are. Allowed to the queue's owner, the channel's owner (who can so cap "
+        "another user's queue) and admins; only the channel's owner and admins may set "
+        "--overflow reject.",
+    )
+    update.add_argument("channel", metavar="CHANNEL")
+    update.add_argument("queue", metavar="QUEUE")
+    _add_queue_settings(update)
+    update.set_defaults(handler=manage.queue_update)
+
+
+def _add_queue_settings(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--overflow",
+        choices=["reject", "drop_oldest", "drop_new"],
+        help="what the queue does when full: refuse the publish (reject: only the "
+        "channel's owner or an admin may set it), drop its oldest messages, or drop the "
+        "new ones; a new queue gets reject on your own channel, else drop_oldest",
+    )
+    parser.add_argument(
+        "--max-messages",
+        type=_positive(int),
+        metavar="N",
+        help="the queue holds at most N messages (server default and maximum 1000000)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=_positive(int),
+        metavar="N",
+        help="the queue holds at most N bytes of messages (server default and maximum 256 MiB)",
+    )
 
 
 def _add_yes(parser: ArgumentParser) -> None:

@@ -212,14 +212,46 @@ def _channel_contents(channel: ChannelInfo) -> str:
 
 async def subscribe(ctx: Context, args: argparse.Namespace) -> int:
     client = await ctx.session.client()
-    result = await client.subscribe(args.channel, args.queue, args.ack_timeout)
+    result = await client.subscribe(
+        args.channel,
+        args.queue,
+        args.ack_timeout,
+        overflow=args.overflow,
+        max_messages=args.max_messages,
+        max_bytes=args.max_bytes,
+    )
     queue = result.queue
     what = "created queue" if result.created else "queue"
     exists = "" if result.created else " exists"
+    about = [f"ack timeout {seconds(queue.ack_timeout)}"]
+    # What differs from the usual (a queue on one's own channel), or was asked for.
+    if queue.overflow not in (None, "reject") or args.overflow is not None:
+        about.append(f"overflow {queue.overflow}")
+    if args.max_messages is not None or args.max_bytes is not None:
+        about.append(_limits(queue))
     ctx.out.result(
         result,
-        f"{what} {queue.name!r} on channel {queue.channel!r}{exists} "
-        f"(ack timeout {seconds(queue.ack_timeout)})",
+        f"{what} {queue.name!r} on channel {queue.channel!r}{exists} ({', '.join(about)})",
+    )
+    return 0
+
+
+def _limits(queue: QueueInfo) -> str:
+    return f"at most {queue.max_messages} messages, {queue.max_bytes} bytes"
+
+
+async def queue_update(ctx: Context, args: argparse.Namespace) -> int:
+    queue = await (await ctx.session.client()).queue_update(
+        args.channel,
+        args.queue,
+        overflow=args.overflow,
+        max_messages=args.max_messages,
+        max_bytes=args.max_bytes,
+    )
+    ctx.out.result(
+        queue,
+        f"queue {queue.name!r} of channel {queue.channel!r}: overflow {queue.overflow}, "
+        f"{_limits(queue)}",
     )
     return 0
 

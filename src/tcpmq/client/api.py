@@ -25,9 +25,11 @@ from ..models import (
     Message,
     NackResult,
     OpHelp,
+    Overflow,
     PublishResult,
     PurgeResult,
     QueueInfo,
+    QueueResult,
     RevokeResult,
     Right,
     Role,
@@ -341,25 +343,64 @@ class Client:
         return parse(AccessResult, await self._link.call("channel.update", fields), "update")
 
     async def subscribe(
-        self, channel: str, queue: str | None = None, ack_timeout: float | None = None
+        self,
+        channel: str,
+        queue: str | None = None,
+        ack_timeout: float | None = None,
+        *,
+        overflow: Overflow | None = None,
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
     ) -> SubscribeResult:
         """Add a queue to a channel (default name: the user's), or get the one you own.
 
-        A given `ack_timeout` replaces the queue's previous one.
+        A given `ack_timeout`, `overflow`, `max_messages` or `max_bytes`
+        replaces the queue's previous one. `overflow` is what the queue does
+        when full (protocol.md, Full queues): "reject" (only on a channel you
+        own, or as an admin; the default there), "drop_oldest" (the default on
+        other users' channels) or "drop_new".
 
         Raises:
             NotFound: no such channel.
             Forbidden: the queue exists and belongs to another user; the
-                channel is private and you have no subscribe right; or the
-                name is reserved for another user (theirs, or theirs and a dot).
-            LimitExceeded: `max_queues_per_channel` reached.
+                channel is private and you have no subscribe right; the
+                name is reserved for another user (theirs, or theirs and a
+                dot); or "reject" on a channel you do not own.
+            LimitExceeded: `max_queues_per_channel` or `max_queues_per_user` reached.
+            BadRequest: a limit above the server's.
         """
         fields: dict[str, Any] = {"channel": channel}
         if queue is not None:
             fields["queue"] = queue
         if ack_timeout is not None:
             fields["ack_timeout"] = ack_timeout
+        fields.update(_queue_settings(overflow, max_messages, max_bytes))
         return parse(SubscribeResult, await self._link.call("subscribe", fields), "subscribe")
+
+    async def queue_update(
+        self,
+        channel: str,
+        queue: str,
+        *,
+        overflow: Overflow | None = None,
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
+    ) -> QueueInfo:
+        """Change what a full queue does and its limits; None leaves one as it is.
+
+        Allowed to the queue's owner, the channel's owner and admins, so a
+        channel's owner can cap another user's queue or make it drop.
+
+        Raises:
+            NotFound: no such channel or queue.
+            Forbidden: not the queue's or channel's owner, nor an admin; or
+                "reject" asked by neither the channel's owner nor an admin.
+            BadRequest: a limit above the server's.
+        """
+        fields: dict[str, Any] = {"channel": channel, "queue": queue}
+        fields.update(_queue_settings(overflow, max_messages, max_bytes))
+        reply = await self._link.call("queue.update", fields)
+        return parse(QueueResult, reply, "queue.update").queue
 
     async def queue_list(self, channel: str | None = None) -> list[QueueInfo]:
         """The queues of a channel sorted by name; without one, of every channel
@@ -409,10 +450,13 @@ class Client:
     async def publish_batch(self, channel: str, messages: Sequence[Any]) -> PublishResult:
         """Publish 1 to `max_batch` messages at once, all or nothing; ids are consecutive.
 
+        (A full queue that drops rather than rejects takes what fits of the
+        batch, message by message: protocol.md, Full queues.)
+
         Raises:
             NotFound: no such channel.
             BadRequest: `messages` is empty or longer than `max_batch`.
-            LimitExceeded: a queue of the channel would overflow; nothing was enqueued.
+            LimitExceeded: a full queue of the channel rejects; nothing was enqueued.
             FrameTooLarge: the request exceeds `max_frame_bytes` (raised locally).
             ConnectionLost: the connection ended before the reply: the batch
                 may or may not have been enqueued (whole). It is never resent.
@@ -557,6 +601,14 @@ class Client:
         )
         self._consumers.add(consumer)
         return consumer
+
+
+def _queue_settings(
+    overflow: Overflow | None, max_messages: int | None, max_bytes: int | None
+) -> dict[str, Any]:
+    """The queue settings given, as request fields (omitted ones stay as they are)."""
+    given = {"overflow": overflow, "max_messages": max_messages, "max_bytes": max_bytes}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def ack_fields(channel: str, ids: Iterable[int], queue: str | None) -> dict[str, Any]:

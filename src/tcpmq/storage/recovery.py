@@ -28,7 +28,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..broker import PRIVATE, PUBLIC, RIGHTS, Broker, Channel, Entry, Message, Queue
+from ..broker import (
+    DROP_OLDEST,
+    OVERFLOWS,
+    PRIVATE,
+    PUBLIC,
+    REJECT,
+    RIGHTS,
+    Broker,
+    Channel,
+    Entry,
+    Message,
+    Queue,
+)
 from .log import SEGMENT_SUFFIX, create_segment, fsync_directory
 from .records import (
     FORMAT_VERSION,
@@ -204,6 +216,13 @@ class Replay:
                     _int(q, "uid"),
                     channel.uid,
                 )
+                # Settings added later: a store written before them lacks them.
+                # Its queues get the default a new queue gets (reject for the
+                # channel's owner), and the server's limits.
+                default = REJECT if queue.owner == channel.owner else DROP_OLDEST
+                queue.overflow = _overflow(q, default)
+                queue.own_max_messages = _optional_int(q, "max_messages")
+                queue.own_max_bytes = _optional_int(q, "max_bytes")
                 # Ids arrive in publish order, so the dict is already in id order.
                 # Messages delivered before go to `retry` with their counts;
                 # their ids are below every never-delivered one (a pull takes
@@ -254,6 +273,18 @@ def _int(record: dict[str, object], key: str) -> int:
     value = record[key]
     if not isinstance(value, int):
         raise ValueError(f"{key}: expected an integer")
+    return value
+
+
+def _optional_int(record: dict[str, object], key: str) -> int | None:
+    return _int(record, key) if key in record else None
+
+
+def _overflow(record: dict[str, object], default: str) -> str:
+    value = record.get("overflow", default)
+    if value not in OVERFLOWS:
+        raise ValueError(f"overflow: expected one of {', '.join(OVERFLOWS)}")
+    assert isinstance(value, str)
     return value
 
 
