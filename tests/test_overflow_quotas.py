@@ -261,6 +261,24 @@ async def test_max_channels_per_user(tmp_path: Path) -> None:
         assert_limit(error, "max_channels_per_user", 2)
 
 
+async def test_other_users_queues_cannot_lock_the_owner_out(tmp_path: Path) -> None:
+    async with users(tmp_path, "alice", "bob", "carol", max_queues_per_channel=2) as (
+        _,
+        admin,
+        [alice, bob, carol],
+    ):
+        await alice.ok("channel.create", name="open", access="public")
+        await bob.ok("subscribe", channel="open")
+        await bob.ok("subscribe", channel="open", queue="bob.x")
+        error = await carol.error("subscribe", "limit_exceeded", channel="open")
+        assert_limit(error, "max_queues_per_channel", 2)
+        # The channel's owner and admins still subscribe.
+        await alice.ok("subscribe", channel="open")
+        await admin.ok("subscribe", channel="open")
+        await alice.ok("publish", channel="open", data=1)
+        assert (await queue_of(alice, "open", "alice"))["depth"] == 1
+
+
 @pytest.mark.every_store
 async def test_max_queued_bytes_per_user_counts_all_its_queues_and_rejects(
     tmp_path: Path,

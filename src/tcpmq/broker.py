@@ -682,8 +682,8 @@ class Broker:
                 would be created without the subscribe right, or under a
                 name reserved for another user; or `reject` asked by neither
                 the channel's owner nor an admin.
-            LimitExceeded: the channel has `max_queues_per_channel` queues, or
-                the owner `max_queues_per_user`.
+            LimitExceeded: the channel has `max_queues_per_channel` queues
+                (but for its owner and admins), or the owner `max_queues_per_user`.
             StorageFull: the queue would be created and the journal is full.
         """
         channel = self.channel(channel_name)
@@ -709,7 +709,10 @@ class Broker:
             )
         self._check_overflow(channel, owner, admin, overflow)
         limits = self.limits
-        if len(channel.queues) >= limits.max_queues_per_channel:
+        # Other users' queues cannot lock the channel's owner out of it.
+        if len(channel.queues) >= limits.max_queues_per_channel and not (
+            admin or owner == channel.owner
+        ):
             raise LimitExceeded(
                 "too many queues in this channel",
                 limit="max_queues_per_channel",
