@@ -362,6 +362,16 @@ async def test_readers_that_never_read_share_one_budget(
         open_user_wire(srv, "admin") as second,
         open_user_wire(srv, "admin") as third,
     ):
+        # Small socket buffers on both ends, so that a staller's replies stay
+        # above the low-water mark (high / 4) once they back up, instead of
+        # draining into the kernel and counting as caught up, and the
+        # stallers stay in the order they stalled.
+        for connection in srv.connections.open:
+            sock = connection._transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for client in (first, second, third):
+            sock = client.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         flood = b'{"op":"help"}\n' * 4096
         for count, staller in enumerate((first, second), 1):
             staller.writer.write(flood * 8)
