@@ -1346,16 +1346,19 @@ async def test_max_channels(tmp_path: Path) -> None:
 async def test_max_queues_per_channel(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_queues_per_channel=1) as srv,
-        open_user_wire(srv, "admin") as wire,
+        open_user_wire(srv, "admin") as admin,
     ):
-        await wire.ok("channel.create", name="c")
-        await wire.ok("channel.create", name="d")
-        await wire.ok("subscribe", channel="c", queue="q1")
-        error = await wire.error("subscribe", "limit_exceeded", channel="c", queue="q2")
-        assert_limit(error, "max_queues_per_channel", 1)
-        # Subscribing again creates nothing; another channel has its own count.
-        assert (await wire.ok("subscribe", channel="c", queue="q1"))["created"] is False
-        await wire.ok("subscribe", channel="d", queue="q2")
+        # The channels' owner (an admin too) is not held by it: a user is.
+        await admin.ok("channel.create", name="c")
+        await admin.ok("channel.create", name="d")
+        await create_user(admin, "alice")
+        async with open_user_wire(srv, "alice") as wire:
+            await wire.ok("subscribe", channel="c", queue="q1")
+            error = await wire.error("subscribe", "limit_exceeded", channel="c", queue="q2")
+            assert_limit(error, "max_queues_per_channel", 1)
+            # Subscribing again creates nothing; another channel has its own count.
+            assert (await wire.ok("subscribe", channel="c", queue="q1"))["created"] is False
+            await wire.ok("subscribe", channel="d", queue="q2")
 
 
 async def test_max_users(tmp_path: Path) -> None:
