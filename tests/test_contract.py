@@ -32,11 +32,6 @@ from tcpmq.config import Limits
 from tcpmq.errors import BadRequest, TcpmqError
 from tcpmq.info import server_info
 
-
-def parse_frame(frame: bytes) -> dict[str, Any]:
-    return wire_format.parse_frame(frame, Limits().max_containers)
-
-
 pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
 
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "protocol.md"
@@ -525,13 +520,13 @@ def test_every_limit_server_info_reports_is_documented() -> None:
 
 def parse_error(frame: bytes) -> dict[str, Any]:
     with pytest.raises(TcpmqError) as caught:
-        parse_frame(frame)
+        wire_format.parse_frame(frame)
     return caught.value.to_wire()
 
 
 @pytest.mark.parametrize("levels", [0, 1, 126, 127])
 def test_parse_frame_accepts_up_to_the_limit(levels: int) -> None:
-    request = parse_frame(publish_line(nested(levels)))
+    request = wire_format.parse_frame(publish_line(nested(levels)))
     assert request["data"] == nested_value(levels)
     assert wire_format.encode_data(request["data"]) == nested(levels)
 
@@ -593,17 +588,17 @@ def test_depth_check_only_walks_lines_with_many_brackets(monkeypatch: pytest.Mon
     long_flat = publish_line(b'{"text":"' + b"y" * 5000 + b'","n":[1,2,3]}')
     objects = b'{"op":"publish","channel":"c","messages":[' + b",".join([b'{"a":[1]}'] * 1000)
     for frame in (small, long_flat, publish_line(nested(MAX_DEPTH - 1)), objects + b"]}"):
-        request = parse_frame(frame)
+        request = wire_format.parse_frame(frame)
         if "data" in request:
             wire_format.encode_data(request["data"])
         else:
             wire_format.encode_messages(request["messages"])
     assert walked == []
     # The data of a publish is walked at encoding, only when it may be too deep.
-    wire_format.encode_data(parse_frame(publish_line(nested(MAX_DEPTH)))["data"])
+    wire_format.encode_data(wire_format.parse_frame(publish_line(nested(MAX_DEPTH)))["data"])
     assert walked
     walked.clear()
-    parse_frame(b'{"op":"ping","x":' + nested(MAX_DEPTH) + b"}")
+    wire_format.parse_frame(b'{"op":"ping","x":' + nested(MAX_DEPTH) + b"}")
     assert walked
 
 

@@ -460,7 +460,7 @@ class Connection(asyncio.Protocol):
             self._refuse_frame(FrameTooLarge(limit, _auth_limit_name(self._limits)))
             return
         try:
-            request = wire.parse_frame(frame, self._limits.max_containers)
+            request = wire.parse_frame(frame)
             head = wire.take_id(request)
             op = wire.take_op(request)
             if unauthenticated and op not in _PRE_AUTH:
@@ -627,6 +627,8 @@ class Connection(asyncio.Protocol):
         flush_at = self._limits.write_buffer_high
         turn = self._limits.frames_per_turn
         budget = self._limits.bytes_per_turn
+        # No shorter line can hold more than max_containers containers.
+        containers_from = 2 * self._limits.max_containers
         if not self._held:
             # Nothing waits for the disk: the turn only bounds how long others
             # wait, and a longer one makes fewer, larger publish runs.
@@ -653,6 +655,8 @@ class Connection(asyncio.Protocol):
             size = len(frame)
             self._backlog_bytes -= size
             budget -= size
+            if size > containers_from and not self._containers_fit(frame):
+                continue
             self._handle(frame)
             if self._out_bytes >= flush_at:
                 # Writing may pause us (pause_writing runs inside write), so a
@@ -662,6 +666,16 @@ class Connection(asyncio.Protocol):
             # Its turn is spent even with nothing left to handle: what the
             # next reads of this pass of the loop bring waits for the next one.
             self._yield_turn()
+
+    def _containers_fit(self, frame: bytes) -> bool:
+        """Whether a long line is within max_containers; if not, answer it (before parsing)."""
+        try:
+            wire.check_containers(frame, self._limits.max_containers)
+        except TcpmqError as exc:
+            self._end_run()
+            self._answer(b"", exc)
+            return False
+        return True
 
     def _refuse_frame(self, error: FrameTooLarge) -> None:
         """Answer a line over the limit, then close: the stream has no next frame."""
