@@ -47,7 +47,7 @@ PROTOCOL_OPS = frozenset(
         *("channel.create", "channel.list", "channel.get", "channel.delete"),
         *("subscribe", "queue.list", "queue.delete", "queue.purge"),
         *("publish", "pull", "peek", "ack", "nack"),
-        "server.info",
+        *("server.info", "stats", "store.backup"),
     }
 )
 # The ops accepted before a connection has authenticated.

@@ -240,6 +240,11 @@ class ServerConfig:
     # Clear text is refused on any address but loopback unless this is set:
     # passwords and tokens would cross the network readable (see exposure.py).
     allow_plaintext: bool = False
+    # The metrics listener (host, port): /metrics, /healthz, /readyz over
+    # HTTP; None (the default) serves none. Beyond loopback it needs a token
+    # file (see metricshttp.py).
+    metrics_listen: tuple[str, int] | None = None
+    metrics_token_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.store not in STORES:

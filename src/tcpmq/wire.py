@@ -129,6 +129,11 @@ class UserRequest(Request):
     name: Name | None = None
 
 
+class BackupRequest(Request):
+    # A directory on the broker's machine; PATH_MAX on Linux.
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
 class PublishRequest(Request):
     channel: Name
     # `data` may legitimately be null, so "absent" is a separate sentinel.
@@ -198,6 +203,10 @@ OPS: dict[str, OpSpec] = {
     ),
     "queue.delete": OpSpec(QueueRequest, "channel, queue", "delete a queue (unsubscribe)"),
     "queue.purge": OpSpec(QueueRequest, "channel, queue", "drop every ready message of a queue"),
+    "stats": OpSpec(NoFields, "", "show rates, connections, queues and the store (admins)"),
+    "store.backup": OpSpec(
+        BackupRequest, "path", "write a consistent copy of the data dir into path (admins)"
+    ),
     "publish": OpSpec(
         PublishRequest, "channel, data | messages", "put messages into every queue of a channel"
     ),
