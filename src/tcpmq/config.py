@@ -258,6 +258,11 @@ class ServerConfig:
     # The access of a channel created without `access`: private (its owner,
     # admins and the users granted rights) unless the operator opens them all.
     default_channel_access: str = "private"
+    # The metrics listener (host, port): /metrics, /healthz, /readyz over
+    # HTTP; None (the default) serves none. Beyond loopback it needs a token
+    # file (see metricshttp.py).
+    metrics_listen: tuple[str, int] | None = None
+    metrics_token_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.store not in STORES:

@@ -158,6 +158,11 @@ class Connections:
             )
 
     @property
+    def authenticated_count(self) -> int:
+        """How many open connections have authenticated."""
+        return len(self.open) - len(self._unauthenticated)
+
+    @property
     def backed_up_count(self) -> int:
         """How many connections hold `write_buffer_high` of unsent replies."""
         return len(self._backed_up)

@@ -14,8 +14,11 @@ users and the token secret included, in the process only.
 Listeners: the main one (`host`, `port`) speaks TLS when `ServerConfig.tls`
 is set (through a `TlsLayer` per client, see tlslayer.py), clear text
 otherwise; `plain_listen` adds a clear-text one beside TLS, for nc. Both
-serve the same App. Clear text on a non-loopback address is refused before
-anything is bound unless `allow_plaintext` is set (exposure.py).
+serve the same App. `metrics_listen` adds the HTTP metrics listener
+(metricshttp.py), which reads the App's observer (stats.py). Clear text on
+a non-loopback address is refused before anything is bound unless
+`allow_plaintext` is set (exposure.py), and so is a metrics listener beyond
+loopback without a token.
 
 Connections and descriptors: at start the soft open-files limit is raised
 to the hard one and `max_connections` lowered to what fits beside the
@@ -41,7 +44,13 @@ import time
 
 from .app import App
 from .auth import TokenSigner, hash_password, verify_password
-from .backend import Backend, LogBackend, open_log_backend, open_memory_backend
+from .backend import (
+    Backend,
+    CoreBackend,
+    LogBackend,
+    open_log_backend,
+    open_memory_backend,
+)
 from .config import ServerConfig
 from .connection import Connection
 from .datadir import DataDirLock, check_permissions
@@ -50,8 +59,11 @@ from .errors import ShuttingDown
 from .exposure import refuse_exposed_plaintext
 from .fdlimit import budget, raise_nofile_limit
 from .loginlimits import LoginLimiter
+from .metrics import exposition, registry_for
+from .metricshttp import MetricsListener, load_metrics_token
 from .passwords import PasswordPool
 from .registry import Connections
+from .stats import Observer
 from .storage import DiskStore
 from .tls import server_context
 from .tlslayer import Handshakes, TlsLayer
@@ -102,6 +114,8 @@ class Server:
         self.plain_address: tuple[str, int] | None = None
         self.app: App
         self._stopping: asyncio.Event | None = None
+        self._metrics_token: bytes | None = None
+        self._metrics: MetricsListener | None = None
         self._lock = DataDirLock(config.data_dir)
 
     @property
@@ -129,6 +143,7 @@ class Server:
                 dir's secrets or store (log store only).
         """
         refuse_exposed_plaintext(self.config)
+        self._metrics_token = load_metrics_token(self.config)
         if self.config.tls is not None:
             self._tls = server_context(self.config.tls)
         if self.config.store != "memory":
@@ -195,6 +210,14 @@ class Server:
         for user in users.list():
             if user.role == "admin":
                 backend.exempt_from_quotas(user.name)
+        assert isinstance(backend, CoreBackend), "both stores are the broker core"
+        observer = Observer(
+            backend.broker,
+            self.connections,
+            backend.store if isinstance(backend, LogBackend) else None,
+            backend.name,
+            loop,
+        )
         self.app = App(
             backend=backend,
             users=users,
@@ -204,6 +227,7 @@ class Server:
             limits=limits,
             limiter=LoginLimiter(limits),
             default_channel_access=config.default_channel_access,
+            observer=observer,
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
@@ -226,11 +250,33 @@ class Server:
                 raise
             self._servers.append(plain)
             self.plain_address = plain.sockets[0].getsockname()[:2]
+        if config.metrics_listen is not None:
+            await self._listen_metrics(*config.metrics_listen)
         # One line, which tests and scripts wait for: "tcpmq listening on HOST:PORT ...".
         also = ""
         if self.plain_address is not None:
             also = ", and in clear text on {}:{}".format(*self.plain_address)
         log.info("tcpmq listening on %s:%d (%s)%s", self.host, self.port, self._security(), also)
+
+    async def _listen_metrics(self, host: str, port: int) -> None:
+        observer = self.app.observer
+        assert observer is not None
+        registry = registry_for(observer)
+        metrics = MetricsListener(
+            lambda: exposition(registry), observer.readiness, self._metrics_token
+        )
+        try:
+            await metrics.start(host, port)
+        except BaseException:
+            for listener in self._servers:
+                listener.close()  # no half-started server
+            raise
+        self._metrics = metrics
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics listener listens (`metrics_listen`), once started."""
+        return None if self._metrics is None else self._metrics.address
 
     def _security(self) -> str:
         if self.config.tls is None:
@@ -271,8 +317,14 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, say bye to every connection, wait up to the grace period."""
+        if hasattr(self, "app") and self.app.observer is not None:
+            self.app.observer.stopping = True  # /readyz says so while we stop
+            self.app.observer.close()
         for listener in self._servers:
             listener.close()
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
         self._handshakes.abort_all()
         self.connections.close_all(ShuttingDown("server is shutting down"))
         if hasattr(self, "app"):

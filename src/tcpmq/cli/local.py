@@ -126,6 +126,23 @@ def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics (see README, Monitoring)")
+    group.add_argument(
+        "--metrics-listen",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz over HTTP here (default: off)",
+    )
+    group.add_argument(
+        "--metrics-token-file",
+        type=Path,
+        metavar="FILE",
+        help="require the token in FILE for /metrics (bearer or basic auth); "
+        "needed for --metrics-listen beyond loopback",
+    )
+
+
 def _listen_address(text: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
     if not colon or not port.isdigit() or int(port) > 65535:
@@ -164,6 +181,7 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
         help="text lines (default), or one JSON object per line",
     )
     _add_tls_flags(serve)
+    _add_metrics_flags(serve)
     _add_storage_flags(serve)
     _add_limit_flags(serve)
     serve.set_defaults(local=_guarded(_serve))
@@ -198,7 +216,15 @@ def add_check(commands: argparse._SubParsersAction[Any]) -> None:
         description="Read every store file as a start would and report each damaged region "
         "with its file and offset. Exit 0 when the broker would start, 1 when it would refuse. "
         "With a broker running it checks the store as it is on disk at that moment, and says so.",
-        epilog="example: tcpmq check --data-dir /var/lib/tcpmq",
+        epilog="example: tcpmq check --data-dir /var/lib/tcpmq\n"
+        "         tcpmq check /var/backups/tcpmq/2026-11-29",
+    )
+    check.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        type=Path,
+        help="the data dir to check, as --data-dir (a backup, say)",
     )
     _add_data_dir(check)
     check.set_defaults(local=_guarded(_check))
@@ -256,6 +282,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         plain_listen=args.plain_listen,
         allow_plaintext=args.allow_plaintext,
         default_channel_access=args.default_channel_access,
+        metrics_listen=args.metrics_listen,
+        metrics_token_file=args.metrics_token_file,
     )
 
 
@@ -321,6 +349,11 @@ def _store_dir(args: argparse.Namespace) -> Path:
 def _check(args: argparse.Namespace) -> int:
     from ..datadir import holder_pid, is_locked
     from ..storage.check import check
+
+    if args.dir is not None:
+        if args.data_dir is not None and args.data_dir != args.dir:
+            raise ValueError("give the data dir once: DIR or --data-dir")
+        args.data_dir = args.dir
 
     data_dir = _data_dir(args)
     directory = _store_dir(args)
