@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from ..config import Limits
 from ..pending import Pending, Result
 
 
@@ -148,3 +149,6 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Make everything durable and release files and threads."""
+
+    def use_limits(self, limits: Limits) -> None:
+        """Check `limits` from now on (a reload; see reload.py for which ones may change)."""
