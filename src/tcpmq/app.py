@@ -28,8 +28,9 @@ from .users import UserDirectory
 __all__ = ["App", "Caller"]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class App:
+    # Not frozen: a reload (SIGHUP) replaces `limits` (see reload.py).
     backend: Backend
     users: UserDirectory
     signer: TokenSigner

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .. import __version__
-from . import account, local, manage, observe, operate, publish, pull
+from . import account, configcheck, local, manage, observe, operate, publish, pull
 from .exits import UsageError
 
 #: A command that needs no server: parsed arguments in, exit code out.
@@ -229,6 +229,7 @@ def build_parser(*, shell: bool = False, run_shell: LocalCommand | None = None) 
         local.add_token(table.parent)
         local.add_check(table.parent)
         local.add_repair(table.parent)
+        configcheck.add_config(table.parent)
         if run_shell is not None:
             table.command(
                 "shell",
