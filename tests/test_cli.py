@@ -47,6 +47,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
     commands = leaf_commands(build_command_line())
     assert {" ".join(command) for command in commands} == {
         *("serve", "token", "check", "repair", "shell", "config check"),
+        *("stats", "top", "backup"),
         *("login", "logout", "whoami", "ping", "ops", "info"),
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),

@@ -38,7 +38,13 @@ def test_every_field_of_every_section_is_settable_in_the_file(tmp_path: Path) ->
     # Generic: a field added to ServerConfig or one of its sections is covered
     # here without a change, and must be settable without one in configfile.py.
     tls = {"cert_file": "/c.pem", "key_file": "/k.pem", "client_ca_file": "/ca.pem"}
-    server = {"plain_listen": "127.0.0.1:7879", "admin_password_file": "/run/pw"}
+    server = {
+        "plain_listen": "127.0.0.1:7879",
+        "admin_password_file": "/run/pw",
+        "metrics_listen": "127.0.0.1:9878",
+        "metrics_token_file": "/run/metrics-token",
+        "default_channel_access": "public",
+    }
     lines, expected = [], {}
     defaults = configfile.flatten(ServerConfig())
     for setting in settings():

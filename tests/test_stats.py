@@ -24,6 +24,7 @@ STATS_KEYS = {
 QUEUE_KEYS = {
     *("name", "channel", "owner", "created_at", "ack_timeout", "depth", "inflight"),
     *("consumers", "oldest_age", "redeliveries", "lag", "delivered", "acked"),
+    *("overflow", "max_messages", "max_bytes", "dropped"),
 }
 
 
