@@ -302,7 +302,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..datadir import UnsafePermissions
     from ..logsetup import configure
     from ..server import Server
-    from ..storage import FormatError
+    from ..storage import FormatError, NewerFormat
 
     try:
         config = server_config(args)
@@ -325,6 +325,14 @@ def _serve(args: argparse.Namespace) -> int:
         # Like ssh with a private key others can read: refuse, say the fix.
         print(f"tcpmq: not starting: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NewerFormat as exc:
+        # Not damage: a downgrade. Repairing would rewrite what this build cannot read.
+        print(
+            f"tcpmq: not starting: {exc}; run that newer tcpmq on this data dir, or "
+            "start this one on a backup made for it (see README, Backups)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     except FormatError as exc:
         # Damage is never skipped silently: say where it is and what to run.
         print(
@@ -377,6 +385,13 @@ def _check(args: argparse.Namespace) -> int:
         if file.torn_tail is not None:
             offset, reason = file.torn_tail
             print(f"  torn tail at offset {offset} ({reason}): cut off at start, not a problem")
+    if report.newer is not None:
+        print(
+            f"tcpmq: {report.newer}: this build is too old for the store; "
+            "check it with that newer tcpmq (do not repair it with this one)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     for problem in report.problems:
         print(f"damaged: {problem}")
     print(f"{report.channels} channels, {report.queues} queues, {report.messages} messages intact")
@@ -408,9 +423,14 @@ def _repair(args: argparse.Namespace) -> int:
 
 
 def _repair_store(directory: Path) -> int:
+    from ..storage import NewerFormat
     from ..storage.check import DAMAGED_DIR, check, repair
 
-    result = repair(directory)
+    try:
+        result = repair(directory)
+    except NewerFormat as exc:
+        print(f"tcpmq: not repairing: {exc}; use that newer tcpmq", file=sys.stderr)
+        return EXIT_ERROR
     if not result.repaired and not result.renumbered:
         print(f"{directory}: nothing to repair")
     for path in result.repaired:
