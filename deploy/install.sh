@@ -120,6 +120,8 @@ fi
 # -- /etc/tcpmq -----------------------------------------------------------------
 run install -d -m 0755 "$CONF_DIR"
 run install -d -m 0700 "$CONF_DIR/credentials"
+# Where `tcpmq backup` writes (the unit lets the service write there only).
+run install -d -m 0700 -o tcpmq -g tcpmq /var/backups/tcpmq
 if [ -e "$CONF_DIR/tcpmq.toml" ]; then
     say "$CONF_DIR/tcpmq.toml exists: kept"
 else
