@@ -48,7 +48,7 @@ PROTOCOL_OPS = frozenset(
         *("channel.grant", "channel.revoke", "channel.update"),
         *("subscribe", "queue.list", "queue.delete", "queue.purge", "queue.update"),
         *("publish", "pull", "peek", "ack", "nack"),
-        "server.info",
+        *("server.info", "stats", "store.backup"),
     }
 )
 # The ops accepted before a connection has authenticated.

@@ -46,7 +46,8 @@ def leaf_commands(
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     commands = leaf_commands(build_command_line())
     assert {" ".join(command) for command in commands} == {
-        *("serve", "token", "check", "repair", "shell"),
+        *("serve", "token", "check", "repair", "shell", "config check"),
+        *("stats", "top", "backup"),
         *("login", "logout", "whoami", "ping", "ops", "info"),
         *("user add", "user list", "user get", "user rm"),
         *("channel add", "channel list", "channel get", "channel rm"),

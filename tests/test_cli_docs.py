@@ -15,7 +15,7 @@ those lines are typed rather than printed:
 - after `$ tcpmq shell`, a line starting with the shell's prompt is typed
   at that prompt.
 
-Times, round-trip times, rates and tokens differ from run to run and are
+Times, round-trip times, rates, sizes and tokens differ from run to run and are
 compared as placeholders; the broker's real address is shown as the
 default one, tcpmq://127.0.0.1:7878.
 """
@@ -52,6 +52,7 @@ VOLATILE = [
     (re.compile(r'("rtt_ms":)[0-9.e+-]+'), r"\1<n>"),
     (re.compile(r"\b\d+\.\d+ ms\b"), "<n> ms"),
     (re.compile(r"\b[\d,]+/s\b"), "<n>/s"),
+    (re.compile(r"\b\d+(?:\.\d+)? (?:B|KiB|MiB|GiB)\b"), "<size>"),
     (re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]+"), "eyJ..."),
 ]
 

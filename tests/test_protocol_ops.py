@@ -68,6 +68,8 @@ OP_FIELDS = {
     "peek": ["channel", "queue", "max"],
     "ack": ["channel", "queue", "ids"],
     "nack": ["channel", "queue", "ids"],
+    "stats": [],
+    "store.backup": ["path"],
 }
 USER_KEYS = {"name", "role", "created_at"}
 CHANNEL_KEYS = {"name", "owner", "access", "created_at", "published", "queue_count", "depth"}

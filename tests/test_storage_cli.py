@@ -12,6 +12,7 @@ from conftest import ADMIN_PASSWORD, running_server
 from processes import run_cli, serve
 from tcpmq.client import connect
 from tcpmq.storage.check import check
+from tcpmq.storage.records import FORMAT_VERSION, HEADER
 from test_storage import _flip_byte_in_first_publish, _three_publish_records, drain, store_dir
 
 
@@ -59,6 +60,35 @@ async def test_check_reports_the_damage_and_repair_lets_the_broker_start(tmp_pat
         connect(server.url, user="admin", password=ADMIN_PASSWORD) as client,
     ):
         assert await drain(client, "c") == ["message 1", "message 2"]
+
+
+async def test_a_store_of_a_newer_version_is_refused_and_never_repaired(
+    tmp_path: Path,
+) -> None:
+    # A downgrade: the files say a format this build cannot read. Not damage.
+    data = tmp_path / "data"
+    await _three_publish_records(data)
+    (segment,) = sorted(store_dir(data).glob("*.log"))
+    content = bytearray(segment.read_bytes())
+    magic, kind, _, seq = HEADER.unpack_from(content)
+    HEADER.pack_into(content, 0, magic, kind, FORMAT_VERSION + 1, seq)
+    segment.write_bytes(bytes(content))
+    newer = f"format version {FORMAT_VERSION + 1}; this build reads 1 to {FORMAT_VERSION}"
+
+    code, _, err = await run_cli("serve", "--port", "0", "--data-dir", str(data))
+    assert code == 1 and "Traceback" not in err
+    assert f"not starting: {segment}: offset 0: written by a newer tcpmq ({newer})" in err
+    assert "repair" not in err
+
+    code, _, err = await run_cli("check", "--data-dir", str(data))
+    assert code == 1
+    assert "too old for the store" in err and "do not repair" in err
+
+    code, out, err = await run_cli("repair", "--data-dir", str(data))
+    assert (code, out) == (1, "")
+    assert "not repairing" in err and newer in err
+    assert segment.read_bytes() == bytes(content)  # untouched
+    assert not (store_dir(data) / "damaged").exists()
 
 
 async def test_check_on_a_directory_without_a_store_fails(tmp_path: Path) -> None:

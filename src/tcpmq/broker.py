@@ -224,10 +224,12 @@ class Queue:
     __slots__ = (
         "account",
         "ack_timeout",
+        "acked",
         "channel",
         "channel_uid",
         "created_at",
         "deleted",
+        "delivered",
         "dropped",
         "fresh",
         "held_bytes",
@@ -292,6 +294,9 @@ class Queue:
         self.account = Account(UNLIMITED)
         # Messages dropped or not taken since the queue was created or the broker started.
         self.dropped = 0
+        # Messages delivered and acked since start (stats; one add per pull or ack call).
+        self.delivered = 0
+        self.acked = 0
 
     @property
     def depth(self) -> int:
@@ -554,6 +559,11 @@ class Broker:
         # (deadline, tiebreak, queue): when to look at a queue's in-flight table.
         self._deadlines: list[tuple[float, int, Queue]] = []
         self._tiebreak = itertools.count()
+        # Messages published, delivered and acked since start, for stats and
+        # metrics: one add per publish run, pull or ack call, never per message.
+        self.messages_published = 0
+        self.messages_delivered = 0
+        self.messages_acked = 0
 
     # -- channels and queues ---------------------------------------------
 
@@ -1019,6 +1029,7 @@ class Broker:
                     account.free_bytes -= size
         channel.next_id = first + count
         channel.published += count
+        self.messages_published += count
         self.journal.published(channel, first, messages)
         if not fanout:
             return list(range(first, first + count)), 0
@@ -1189,6 +1200,8 @@ class Broker:
         acked = [delivery.id for delivery in settled]
         self._release(queue, acked, [delivery.head for delivery in settled])
         self.journal.acked(queue, acked)
+        queue.acked += len(acked)
+        self.messages_acked += len(acked)
         if queue.waiters:
             # Freed in-flight room may let waiters take messages held back by max_inflight.
             self._serve_waiters(queue, now)
@@ -1312,6 +1325,8 @@ class Broker:
                 taken = list(map(Entry, ids, heads, [1] * fitting, [deadline] * fitting))
                 lane.update(zip(ids, taken, strict=True))
                 queue.inflight_count += fitting
+                queue.delivered += fitting
+                self.messages_delivered += fitting
                 self._schedule(queue, deadline)
                 self.journal.delivered(queue, ids)
                 return taken
@@ -1337,6 +1352,8 @@ class Broker:
             taken.append(delivery)
         if taken:
             queue.inflight_count += len(taken)
+            queue.delivered += len(taken)
+            self.messages_delivered += len(taken)
             self._schedule(queue, deadline)
             self.journal.delivered(queue, [delivery.id for delivery in taken])
         return taken

@@ -231,6 +231,28 @@ class TlsConfig:
     client_ca_file: Path | None = None
 
 
+#: The levels and formats of the log (`[log]`, `--log-level`, `--log-format`).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "text", "json", "journal")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    # The least severe level logged; a reload (SIGHUP) applies a new one at once.
+    level: str = "info"
+    # "text": lines with a time; "json": one object per line; "journal": a
+    # "<N>" syslog-level prefix per line, which journald reads as the priority
+    # (it adds the time itself); "auto": journal when stderr is the journal
+    # (systemd's $JOURNAL_STREAM names it), else text.
+    format: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.level not in LOG_LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LOG_LEVELS)}, not {self.level!r}")
+        if self.format not in LOG_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(LOG_FORMATS)}, not {self.format!r}")
+
+
 #: The backends `--store` can name: "log" keeps the state in the data dir's
 #: journal (durable), "memory" keeps it only in the process (lost on restart).
 STORES = ("log", "memory")
@@ -258,6 +280,16 @@ class ServerConfig:
     # The access of a channel created without `access`: private (its owner,
     # admins and the users granted rights) unless the operator opens them all.
     default_channel_access: str = "private"
+    # The metrics listener (host, port): /metrics, /healthz, /readyz over
+    # HTTP; None (the default) serves none. Beyond loopback it needs a token
+    # file (see metricshttp.py).
+    metrics_listen: tuple[str, int] | None = None
+    metrics_token_file: Path | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+    # A file holding the first admin's password (one line), read at start
+    # instead of $TCPMQ_ADMIN_PASSWORD: a systemd credential
+    # ($CREDENTIALS_DIRECTORY/admin-password) keeps it out of the environment.
+    admin_password_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.store not in STORES:

@@ -879,6 +879,11 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def use_limits(self, limits: Limits) -> None:
+        """Check `limits` from now on (a reload). Those applied once per connection
+        (frame sizes, write buffer, keepalive) are not among the ones a reload changes."""
+        self._limits = limits
+
 
 class _RefusalLog:
     """Refused connections in the audit log: at most one line a second.

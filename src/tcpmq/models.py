@@ -151,3 +151,57 @@ class OpHelp(_Result):
     op: str
     fields: str
     summary: str
+
+
+class QueueStats(QueueInfo):
+    # Ids from the oldest message held to the channel's newest (0: none held).
+    lag: int
+    # Since the broker started.
+    delivered: int
+    acked: int
+
+
+class ChannelStats(_Result):
+    name: str
+    published: int
+    queue_count: int
+    depth: int
+    inflight: int
+
+
+class FsyncStats(_Result):
+    syncs: int
+    recent: int
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+class StoreStats(_Result):
+    name: str
+    disk_bytes: int | None
+    free_bytes: int | None
+    full: str | None
+    fsync: FsyncStats | None
+
+
+class Stats(_Result):
+    uptime: float
+    # "open", "authenticated"
+    connections: dict[str, int]
+    # Messages per second: "published", "delivered", "acked"; "seconds": the span.
+    rates: dict[str, float]
+    # Since the broker started: "published", "delivered", "acked".
+    totals: dict[str, int]
+    memory_bytes: int
+    store: StoreStats
+    channels: list[ChannelStats]
+    queues: list[QueueStats]
+
+
+class BackupResult(_Result):
+    path: str
+    channels: int
+    queues: int
+    bytes: int
+    seconds: float

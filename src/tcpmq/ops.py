@@ -25,6 +25,7 @@ from . import audit, info, wire
 from .app import App, Caller
 from .auth import DUMMY_HASH
 from .backend.base import NO_SETTINGS, QueueSettings
+from .backup import BackupResult
 from .errors import (
     AlreadyExists,
     AuthFailed,
@@ -455,6 +456,25 @@ def op_queue_purge(app: App, caller: Caller, request: wire.QueueRequest) -> Resu
     return result
 
 
+# -- operating ----------------------------------------------------------------
+
+
+def op_stats(app: App, caller: Caller, request: wire.NoFields) -> Result:
+    _require_admin(caller)
+    assert app.observer is not None, "the server starts its observer with the app"
+    return app.observer.stats()
+
+
+def op_store_backup(app: App, caller: Caller, request: wire.BackupRequest) -> Pending:
+    _require_admin(caller)
+
+    def written(done: BackupResult) -> Result:
+        audit.event("backup_written", path=done.path, bytes=done.bytes, by=caller.name)
+        return done.fields()
+
+    return _later(app.backups.run(app.backend, app.users, request.path), written)
+
+
 # -- messages: the hot path ---------------------------------------------------
 
 # Channel names already seen valid: the common publish shape checks its name
@@ -668,6 +688,8 @@ HANDLERS: dict[str, Handler] = {
     "queue.delete": op_queue_delete,
     "queue.purge": op_queue_purge,
     "queue.update": op_queue_update,
+    "stats": op_stats,
+    "store.backup": op_store_backup,
     "publish": op_publish,
     "pull": op_pull,
     "peek": op_peek,

@@ -52,6 +52,9 @@ class Endable(Protocol):
     def abort(self) -> None:
         """Drop the connection, sending nothing more."""
 
+    def use_limits(self, limits: Limits) -> None:
+        """Check `limits` from now on (see reload.py for which ones may change)."""
+
 
 class Connections:
     def __init__(self, limits: Limits) -> None:
@@ -69,6 +72,12 @@ class Connections:
 
     def __len__(self) -> int:
         return len(self.open)
+
+    def use_limits(self, limits: Limits) -> None:
+        """Check `limits` from now on, here and in every open connection (a reload)."""
+        self._limits = limits
+        for connection in self.open:
+            connection.use_limits(limits)
 
     def admit(self, connection: Endable, address: str) -> LimitExceeded | None:
         """Count a new connection from `address` in, or say which limit refuses it.
@@ -156,6 +165,11 @@ class Connections:
                     maximum=limits.max_buffered_bytes,
                 )
             )
+
+    @property
+    def authenticated_count(self) -> int:
+        """How many open connections have authenticated."""
+        return len(self.open) - len(self._unauthenticated)
 
     @property
     def backed_up_count(self) -> int:

@@ -14,12 +14,20 @@ users and the token secret included, in the process only.
 Listeners: the main one (`host`, `port`) speaks TLS when `ServerConfig.tls`
 is set (through a `TlsLayer` per client, see tlslayer.py), clear text
 otherwise; `plain_listen` adds a clear-text one beside TLS, for nc. Both
-serve the same App. Clear text on a non-loopback address is refused before
-anything is bound unless `allow_plaintext` is set (exposure.py).
+serve the same App. `metrics_listen` adds the HTTP metrics listener
+(metricshttp.py), which reads the App's observer (stats.py). Clear text on
+a non-loopback address is refused before anything is bound unless
+`allow_plaintext` is set (exposure.py), and so is a metrics listener beyond
+loopback without a token.
 
 Connections and descriptors: at start the soft open-files limit is raised
 to the hard one and `max_connections` lowered to what fits beside the
 store's descriptors (fdlimit.py); the `App` gets the limits in force.
+
+Under systemd (`Type=notify`, see sdnotify.py and systemd/tcpmq.service) it
+says READY=1 once it listens, STOPPING=1 when it stops, and keeps STATUS=
+and the watchdog fed. SIGHUP reloads what can change live (reload.py): the
+TLS files, the log level, most limits.
 
 Shutdown order: stop accepting, close every connection (a waiting pull gets
 its empty reply, then `bye`), make the backend durable (which releases
@@ -38,11 +46,20 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+from . import logsetup
 from .app import App
 from .auth import TokenSigner, hash_password, verify_password
-from .backend import Backend, LogBackend, open_log_backend, open_memory_backend
-from .config import ServerConfig
+from .backend import (
+    Backend,
+    CoreBackend,
+    LogBackend,
+    open_log_backend,
+    open_memory_backend,
+)
+from .config import ConfigError, ServerConfig
 from .connection import Connection
 from .datadir import DataDirLock, check_permissions
 from .deadlines import DeadlineTimer
@@ -50,8 +67,13 @@ from .errors import ShuttingDown
 from .exposure import refuse_exposed_plaintext
 from .fdlimit import budget, raise_nofile_limit
 from .loginlimits import LoginLimiter
+from .metrics import exposition, registry_for
+from .metricshttp import MetricsListener, load_metrics_token
 from .passwords import PasswordPool
 from .registry import Connections
+from .reload import plan
+from .sdnotify import Notifier
+from .stats import Observer
 from .storage import DiskStore
 from .tls import server_context
 from .tlslayer import Handshakes, TlsLayer
@@ -77,11 +99,18 @@ class Server:
         *,
         admin_password: str | None = None,
         admin_password_hash: str | None = None,
+        reload_config: Callable[[], ServerConfig] | None = None,
     ) -> None:
-        """`admin_password` (else $TCPMQ_ADMIN_PASSWORD, else a generated one
-        printed once) or its hash (`auth.hash_password`, for provisioning
-        without the password in clear) is the first admin's on a new store."""
+        """`admin_password` (else the one in `config.admin_password_file`, else
+        $TCPMQ_ADMIN_PASSWORD, else a generated one printed once) or its hash
+        (`auth.hash_password`, for provisioning without the password in clear)
+        is the first admin's on a new store.
+
+        `reload_config` gives the settings a reload (SIGHUP) moves to: by
+        default the same ones, whose TLS files are read again."""
         self.config = config
+        self._reload_config = reload_config or (lambda: self.config)
+        self._notifier = Notifier()
         self._admin_password = admin_password
         self._admin_password_hash = admin_password_hash
         self.connections = Connections(config.limits)
@@ -102,6 +131,8 @@ class Server:
         self.plain_address: tuple[str, int] | None = None
         self.app: App
         self._stopping: asyncio.Event | None = None
+        self._metrics_token: bytes | None = None
+        self._metrics: MetricsListener | None = None
         self._lock = DataDirLock(config.data_dir)
 
     @property
@@ -129,6 +160,9 @@ class Server:
                 dir's secrets or store (log store only).
         """
         refuse_exposed_plaintext(self.config)
+        self._metrics_token = load_metrics_token(self.config)
+        if self._admin_password is None:
+            self._admin_password = read_admin_password(self.config.admin_password_file)
         if self.config.tls is not None:
             self._tls = server_context(self.config.tls)
         if self.config.store != "memory":
@@ -159,21 +193,24 @@ class Server:
         users = open_user_directory(config)
         if users.empty:
             await self._create_first_admin(users)
-        elif password := os.environ.get(ADMIN_PASSWORD_ENV):
-            # The variable only sets the first admin's password; say so rather than ignore it.
+        elif password := self._admin_password or os.environ.get(ADMIN_PASSWORD_ENV):
+            # The setting only sets the first admin's password; say so rather than ignore it.
+            source = ADMIN_PASSWORD_ENV
+            if self.config.admin_password_file is not None:
+                source = f"admin_password_file {self.config.admin_password_file}"
             admin = users.find(ADMIN_USER)
             if admin is None:
                 log.warning(
-                    "%s is ignored: user %r no longer exists; the variable only creates "
+                    "%s is ignored: user %r no longer exists; it only creates "
                     "the first admin of a new data dir",
-                    ADMIN_PASSWORD_ENV,
+                    source,
                     ADMIN_USER,
                 )
             elif not verify_password(password, admin.password_hash):
                 log.warning(
                     "%s differs from the stored password of user %r, which stays in force; "
-                    "the variable only sets the first admin's password of a new data dir",
-                    ADMIN_PASSWORD_ENV,
+                    "it only sets the first admin's password of a new data dir",
+                    source,
                     ADMIN_USER,
                 )
         started = time.perf_counter()
@@ -195,6 +232,14 @@ class Server:
         for user in users.list():
             if user.role == "admin":
                 backend.exempt_from_quotas(user.name)
+        assert isinstance(backend, CoreBackend), "both stores are the broker core"
+        observer = Observer(
+            backend.broker,
+            self.connections,
+            backend.store if isinstance(backend, LogBackend) else None,
+            backend.name,
+            loop,
+        )
         self.app = App(
             backend=backend,
             users=users,
@@ -204,6 +249,7 @@ class Server:
             limits=limits,
             limiter=LoginLimiter(limits),
             default_channel_access=config.default_channel_access,
+            observer=observer,
         )
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
@@ -226,11 +272,33 @@ class Server:
                 raise
             self._servers.append(plain)
             self.plain_address = plain.sockets[0].getsockname()[:2]
+        if config.metrics_listen is not None:
+            await self._listen_metrics(*config.metrics_listen)
         # One line, which tests and scripts wait for: "tcpmq listening on HOST:PORT ...".
         also = ""
         if self.plain_address is not None:
             also = ", and in clear text on {}:{}".format(*self.plain_address)
         log.info("tcpmq listening on %s:%d (%s)%s", self.host, self.port, self._security(), also)
+
+    async def _listen_metrics(self, host: str, port: int) -> None:
+        observer = self.app.observer
+        assert observer is not None
+        registry = registry_for(observer)
+        metrics = MetricsListener(
+            lambda: exposition(registry), observer.readiness, self._metrics_token
+        )
+        try:
+            await metrics.start(host, port)
+        except BaseException:
+            for listener in self._servers:
+                listener.close()  # no half-started server
+            raise
+        self._metrics = metrics
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics listener listens (`metrics_listen`), once started."""
+        return None if self._metrics is None else self._metrics.address
 
     def _security(self) -> str:
         if self.config.tls is None:
@@ -271,8 +339,14 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, say bye to every connection, wait up to the grace period."""
+        if hasattr(self, "app") and self.app.observer is not None:
+            self.app.observer.stopping = True  # /readyz says so while we stop
+            self.app.observer.close()
         for listener in self._servers:
             listener.close()
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
         self._handshakes.abort_all()
         self.connections.close_all(ShuttingDown("server is shutting down"))
         if hasattr(self, "app"):
@@ -300,11 +374,74 @@ class Server:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._notifier.ready(self.status())
+        keep_alive = asyncio.ensure_future(self._notifier.keep_alive(self.status))
         try:
             await self._stopping.wait()
         finally:
+            self._notifier.stopping("stopping: closing connections")
             log.info("stopping")
+            keep_alive.cancel()
             await self.stop()
+
+    def status(self) -> str:
+        """One line for `systemctl status`: where it listens, how many are connected."""
+        return (
+            f"listening on {self.host}:{self.port} ({self._security()}); "
+            f"{len(self.connections)} connections"
+        )
+
+    def reload(self) -> None:
+        """Apply the settings `reload_config` gives that can change live (see reload.py).
+
+        Anything refused (a bad config file, unusable TLS files) leaves the
+        running settings as they were, and is logged.
+        """
+        self._notifier.reloading()
+        try:
+            self._reload()
+        except ConfigError as exc:
+            log.error("reload refused, the settings in force stay: %s", exc)
+        finally:
+            self._notifier.ready(self.status())
+
+    def _reload(self) -> None:
+        new = self._reload_config()
+        changes = plan(self.config, new)
+        config = self.config
+        if changes.tls and new.tls is not None:
+            self._tls = server_context(new.tls)  # before any other change: it may refuse
+            config = dataclasses.replace(config, tls=new.tls)
+            log.info("reload: TLS certificate and key read again from %s", new.tls.cert_file)
+        if changes.log_level is not None:
+            # Said under the more verbose of the two levels, so that it shows.
+            louder = logging.getLevelName(changes.log_level.upper()) < logging.getLogger().level
+            if not louder:
+                log.info("reload: log level %s", changes.log_level)
+            logsetup.set_level(changes.log_level)
+            if louder:
+                log.info("reload: log level %s", changes.log_level)
+            config = dataclasses.replace(
+                config, log=dataclasses.replace(config.log, level=changes.log_level)
+            )
+        if changes.limits:
+            config = dataclasses.replace(
+                config,
+                limits=dataclasses.replace(config.limits, **changes.limits),  # type: ignore[arg-type]
+            )
+            # The app's limits have max_connections fitted to the open-files limit: keep it.
+            limits = dataclasses.replace(self.app.limits, **changes.limits)  # type: ignore[arg-type]
+            self.app.limits = limits
+            self.app.backend.use_limits(limits)
+            self.connections.use_limits(limits)
+            log.info(
+                "reload: limits %s",
+                ", ".join(f"{name}={value}" for name, value in sorted(changes.limits.items())),
+            )
+        for name in changes.restart:
+            log.warning("reload: %s changed; it takes effect at the next restart", name)
+        self.config = config
 
     def new_connection(self) -> Connection:
         """A connection to this server's app (the listener makes one per client)."""
@@ -319,3 +456,30 @@ class Server:
         lifetime = self.config.limits.default_token_ttl if ttl is None else ttl
         issued = record.token_issued_at(time.time())  # never before a revocation
         return self.app.signer.mint(record.name, record.role, record.uid, lifetime, now=issued)
+
+
+def read_admin_password(path: Path | None) -> str | None:
+    """The first admin's password from `path` (its first line), if a path is set.
+
+    Raises:
+        ConfigError: the file cannot be read, or is empty, or
+            $TCPMQ_ADMIN_PASSWORD gives a password as well.
+    """
+    if path is None:
+        return None
+    if os.environ.get(ADMIN_PASSWORD_ENV):
+        raise ConfigError(
+            f"admin_password_file {path} and {ADMIN_PASSWORD_ENV} both give the admin's "
+            "password: keep one"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"admin_password_file {path}: {reason or exc}") from None
+    password = text.splitlines()[0] if text.strip() else ""
+    if not password:
+        raise ConfigError(f"admin_password_file {path} is empty")
+    if path.stat().st_mode & 0o077:
+        log.warning("admin password file %s can be read by other users; chmod 600 it", path)
+    return password

@@ -166,6 +166,11 @@ class UserRequest(Request):
     name: Name | None = None
 
 
+class BackupRequest(Request):
+    # A directory on the broker's machine; PATH_MAX on Linux.
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
 class PublishRequest(Request):
     channel: Name
     # `data` may legitimately be null, so "absent" is a separate sentinel.
@@ -250,6 +255,10 @@ OPS: dict[str, OpSpec] = {
         QueueUpdateRequest,
         "channel, queue, overflow?, max_messages?, max_bytes?",
         "change what a full queue does, and its limits",
+    ),
+    "stats": OpSpec(NoFields, "", "show rates, connections, queues and the store (admins)"),
+    "store.backup": OpSpec(
+        BackupRequest, "path", "write a consistent copy of the data dir into path (admins)"
     ),
     "publish": OpSpec(
         PublishRequest, "channel, data | messages", "put messages into every queue of a channel"

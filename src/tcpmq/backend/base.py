@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..config import Limits
 from ..pending import Pending, Result
 
 
@@ -231,3 +232,6 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Make everything durable and release files and threads."""
+
+    def use_limits(self, limits: Limits) -> None:
+        """Check `limits` from now on (a reload; see reload.py for which ones may change)."""

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from .. import wire
 from ..broker import Broker, Entry, Queue
+from ..config import Limits
 from ..errors import Forbidden, TcpmqError
 from ..pending import Pending, Result
 from .base import NO_SETTINGS, Commits, QueueSettings
@@ -98,6 +99,9 @@ class CoreBackend:
 
     def check_room(self) -> None:
         self.broker.check_room()
+
+    def use_limits(self, limits: Limits) -> None:
+        self.broker.limits = limits
 
     # -- channels -------------------------------------------------------------
 

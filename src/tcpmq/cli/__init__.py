@@ -16,6 +16,7 @@ One module per job:
 | `manage.py` | users, channels, queues, subscriptions, the server's op list |
 | `publish.py` | `pub`: valid JSON only, from an argument, a file, or lines streamed |
 | `pull.py` | `pull`, `pull --follow`, `ack`, `nack` |
+| `observe.py` | `stats`, `top`, `backup` |
 | `shell.py` | `tcpmq shell`: cmd + readline over one connection |
 | `local.py` | `serve` and `token`, which need no running server |
 """

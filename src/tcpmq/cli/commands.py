@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .. import __version__
-from . import account, local, manage, operate, publish, pull
+from . import account, configcheck, local, manage, observe, operate, publish, pull
 from .exits import UsageError
 
 #: A command that needs no server: parsed arguments in, exit code out.
@@ -229,6 +229,7 @@ def build_parser(*, shell: bool = False, run_shell: LocalCommand | None = None) 
         local.add_token(table.parent)
         local.add_check(table.parent)
         local.add_repair(table.parent)
+        configcheck.add_config(table.parent)
         if run_shell is not None:
             table.command(
                 "shell",
@@ -241,7 +242,51 @@ def build_parser(*, shell: bool = False, run_shell: LocalCommand | None = None) 
     _account_commands(table, shell)
     _manage_commands(table, shell)
     _message_commands(table)
+    _observe_commands(table)
     return parser
+
+
+def _observe_commands(table: Table) -> None:
+    table.command(
+        "stats",
+        "show rates, connections, every queue and the store (admins)",
+        "tcpmq stats\ntcpmq stats --json | jq .rates",
+        description="Show the broker's connections, messages published, delivered and "
+        "acked per second (over the last few seconds) and since start, its store's disk "
+        "use and fsync times, and every channel and queue: ready, in flight, waiting "
+        "pulls, the age of the oldest message, lag.",
+    ).set_defaults(handler=observe.stats)
+    top = table.command(
+        "top",
+        "show stats again every few seconds, in place (admins)",
+        "tcpmq top\ntcpmq top --interval 1 --count 10 > frames.txt",
+        description="Print the stats every --interval seconds, over the last frame on a "
+        "terminal, until Ctrl-C or --count frames. From the second frame on, each queue "
+        "shows its deliveries and acks per second.",
+    )
+    top.add_argument(
+        "--interval",
+        type=_positive(float),
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between frames (default 2)",
+    )
+    top.add_argument(
+        "--count", type=_positive(int), metavar="N", help="stop after N frames (default: never)"
+    )
+    top.set_defaults(handler=observe.top)
+    backup = table.command(
+        "backup",
+        "have the broker write a consistent copy of its data dir (admins)",
+        "tcpmq backup /var/backups/tcpmq/2026-11-29",
+        description="Have the broker write, on its own machine, a consistent copy of its "
+        "data dir into DEST (absolute; missing or empty) while it serves: every message "
+        "and ack confirmed before the backup began, the users and the token secret. "
+        "Restore by stopping the broker and starting it on the copy (see the README). "
+        "Waits up to an hour for the broker unless --timeout is given.",
+    )
+    backup.add_argument("dest", metavar="DEST", help="a directory on the broker's machine")
+    backup.set_defaults(handler=observe.backup)
 
 
 def _account_commands(table: Table, shell: bool) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,12 +23,14 @@ from typing import Any
 from ..config import (
     CHANNEL_ACCESS,
     DEFAULT_PORT,
+    LOG_FORMATS,
+    LOG_LEVELS,
     STORES,
     ConfigError,
     Limits,
+    LogConfig,
     ServerConfig,
     StorageConfig,
-    TlsConfig,
     default_data_dir,
 )
 from ..errors import TcpmqError
@@ -39,15 +41,20 @@ def _limit_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Every `serve` flag defaults to None, "not given", so that the config file and
+# the environment show through (configfile.py: defaults < file < environment
+# < flags); the help shows the setting's default. A flag's dest is its
+# setting's name ([server]) or SECTION_NAME (`configfile.Setting.dest`).
+
+
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("limits (see protocol.md)")
     for spec in dataclasses.fields(Limits):
         default = spec.default
         group.add_argument(
             _limit_flag(spec.name),
-            dest=f"limit_{spec.name}",
+            dest=f"limits_{spec.name}",
             type=type(default),
-            default=default,
             metavar="N",
             help=f"default {default}",
         )
@@ -58,43 +65,43 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("storage (see README, Durability)")
     group.add_argument(
         "--fsync",
+        dest="storage_fsync",
         choices=["always", "interval", "never"],
-        default=defaults.fsync,
         help="when writes reach the disk before their reply (default always)",
     )
     group.add_argument(
         "--fsync-interval",
+        dest="storage_fsync_interval",
         type=float,
-        default=defaults.fsync_interval,
         metavar="SECONDS",
         help=f"with --fsync interval (default {defaults.fsync_interval})",
     )
     group.add_argument(
         "--segment-bytes",
+        dest="storage_segment_bytes",
         type=int,
-        default=defaults.segment_bytes,
         metavar="N",
         help=f"log segment size (default {defaults.segment_bytes})",
     )
     group.add_argument(
         "--compact-min-bytes",
+        dest="storage_compact_min_bytes",
         type=int,
-        default=defaults.compact_min_bytes,
         metavar="N",
         help=f"log size that may start a compaction (default {defaults.compact_min_bytes})",
     )
     group.add_argument(
         "--min-free-bytes",
+        dest="storage_min_free_bytes",
         type=int,
-        default=defaults.min_free_bytes,
         metavar="N",
         help="free disk space below which publishes and creations get storage_full "
         f"(default {defaults.min_free_bytes})",
     )
     group.add_argument(
         "--disk-check-interval",
+        dest="storage_disk_check_interval",
         type=float,
-        default=defaults.disk_check_interval,
         metavar="SECONDS",
         help="how often the free space is read and a failed write retried "
         f"(default {defaults.disk_check_interval})",
@@ -104,11 +111,18 @@ def _add_storage_flags(parser: argparse.ArgumentParser) -> None:
 def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TLS (see protocol.md, TLS)")
     group.add_argument(
-        "--tls-cert", type=Path, metavar="FILE", help="serve TLS with this PEM certificate chain"
+        "--tls-cert",
+        dest="tls_cert_file",
+        type=Path,
+        metavar="FILE",
+        help="serve TLS with this PEM certificate chain",
     )
-    group.add_argument("--tls-key", type=Path, metavar="FILE", help="its PEM private key")
+    group.add_argument(
+        "--tls-key", dest="tls_key_file", type=Path, metavar="FILE", help="its PEM private key"
+    )
     group.add_argument(
         "--tls-client-ca",
+        dest="tls_client_ca_file",
         type=Path,
         metavar="FILE",
         help="require client certificates signed by these PEM CAs (mutual TLS)",
@@ -122,51 +136,87 @@ def _add_tls_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--allow-plaintext",
         action="store_true",
+        default=None,
         help="allow clear text on a non-loopback address (passwords and tokens readable)",
     )
 
 
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics (see README, Monitoring)")
+    group.add_argument(
+        "--metrics-listen",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz over HTTP here (default: off)",
+    )
+    group.add_argument(
+        "--metrics-token-file",
+        type=Path,
+        metavar="FILE",
+        help="require the token in FILE for /metrics (bearer or basic auth); "
+        "needed for --metrics-listen beyond loopback",
+    )
+
+
 def _listen_address(text: str) -> tuple[str, int]:
-    host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    from ..configfile import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the broker",
-        description="Run the broker until SIGTERM or SIGINT.",
-        epilog="example: TCPMQ_ADMIN_PASSWORD=... tcpmq serve --data-dir /var/lib/tcpmq",
+        description="Run the broker until SIGTERM or SIGINT; SIGHUP reloads its settings. "
+        "Settings come from the defaults, then --config FILE, then TCPMQ_* variables, "
+        "then these flags, each overriding the one before (README, Configuration).",
+        epilog="example: tcpmq serve --config /etc/tcpmq/tcpmq.toml --log-level debug",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read settings from this TOML file ('tcpmq config check FILE' checks one)",
+    )
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"default {DEFAULT_PORT}")
     serve.add_argument(
         "--store",
         choices=STORES,
-        default="log",
         help="log: durable, in the data dir (default); memory: no disk, lost on restart",
     )
     _add_data_dir(serve)
     serve.add_argument(
         "--default-channel-access",
         choices=CHANNEL_ACCESS,
-        default="private",
         help="access of a channel created without one: private (its owner, admins and "
         "users granted rights; the default) or public (every user)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--admin-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the first admin's password is this file's first line "
+        "(instead of $TCPMQ_ADMIN_PASSWORD; e.g. a systemd credential)",
+    )
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {LogConfig().level}")
     serve.add_argument(
         "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="text lines (default), or one JSON object per line",
+        choices=LOG_FORMATS,
+        help="text lines; json: one object per line; journal: <N> priority prefixes for "
+        "journald; auto (default): journal when stderr is the journal, else text",
     )
     _add_tls_flags(serve)
+    _add_metrics_flags(serve)
     _add_storage_flags(serve)
     _add_limit_flags(serve)
-    serve.set_defaults(local=_guarded(_serve))
+    # Each dest's flag, for messages about a value that came from it.
+    flag_names = {a.dest: a.option_strings[0] for a in serve._actions if a.option_strings}
+    serve.set_defaults(local=_guarded(_serve), flag_names=flag_names)
 
 
 def add_token(commands: argparse._SubParsersAction[Any]) -> None:
@@ -198,7 +248,15 @@ def add_check(commands: argparse._SubParsersAction[Any]) -> None:
         description="Read every store file as a start would and report each damaged region "
         "with its file and offset. Exit 0 when the broker would start, 1 when it would refuse. "
         "With a broker running it checks the store as it is on disk at that moment, and says so.",
-        epilog="example: tcpmq check --data-dir /var/lib/tcpmq",
+        epilog="example: tcpmq check --data-dir /var/lib/tcpmq\n"
+        "         tcpmq check /var/backups/tcpmq/2026-11-29",
+    )
+    check.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        type=Path,
+        help="the data dir to check, as --data-dir (a backup, say)",
     )
     _add_data_dir(check)
     check.set_defaults(local=_guarded(_check))
@@ -228,55 +286,31 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
-def _config(args: argparse.Namespace) -> ServerConfig:
-    values = {f.name: getattr(args, f"limit_{f.name}") for f in dataclasses.fields(Limits)}
-    limits = Limits(**values)
-    tls = None
-    if args.tls_cert is not None or args.tls_key is not None:
-        if args.tls_cert is None or args.tls_key is None:
-            raise ConfigError("--tls-cert and --tls-key go together")
-        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
-    elif args.tls_client_ca is not None:
-        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir or default_data_dir(),
-        store=args.store,
-        limits=limits,
-        storage=StorageConfig(
-            fsync=args.fsync,
-            fsync_interval=args.fsync_interval,
-            segment_bytes=args.segment_bytes,
-            compact_min_bytes=args.compact_min_bytes,
-            min_free_bytes=args.min_free_bytes,
-            disk_check_interval=args.disk_check_interval,
-        ),
-        tls=tls,
-        plain_listen=args.plain_listen,
-        allow_plaintext=args.allow_plaintext,
-        default_channel_access=args.default_channel_access,
-    )
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The settings of `tcpmq serve ARGS`: defaults < --config FILE < TCPMQ_* < flags.
+
+    Raises:
+        ConfigError: a bad value, naming where it came from.
+    """
+    from ..configfile import from_flags, load
+
+    return load(args.config, os.environ, from_flags(vars(args), args.flag_names))
 
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server and its crypto would slow down every client command.
-    from ..audit import JsonFormatter
     from ..datadir import UnsafePermissions
+    from ..logsetup import configure
     from ..server import Server
-    from ..storage import FormatError
+    from ..storage import FormatError, NewerFormat
 
-    handler = logging.StreamHandler(sys.stderr)
-    if args.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
-        config = _config(args)
+        config = server_config(args)
     except ConfigError as exc:
         return _refused(exc)
-    server = Server(config)
+    configure(config.log)
+    # A reload reads the file and the environment again; the flags stay as given.
+    server = Server(config, reload_config=lambda: server_config(args))
     try:
         import uvloop
     except ImportError:
@@ -291,6 +325,14 @@ def _serve(args: argparse.Namespace) -> int:
         # Like ssh with a private key others can read: refuse, say the fix.
         print(f"tcpmq: not starting: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NewerFormat as exc:
+        # Not damage: a downgrade. Repairing would rewrite what this build cannot read.
+        print(
+            f"tcpmq: not starting: {exc}; run that newer tcpmq on this data dir, or "
+            "start this one on a backup made for it (see README, Backups)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     except FormatError as exc:
         # Damage is never skipped silently: say where it is and what to run.
         print(
@@ -322,6 +364,11 @@ def _check(args: argparse.Namespace) -> int:
     from ..datadir import holder_pid, is_locked
     from ..storage.check import check
 
+    if args.dir is not None:
+        if args.data_dir is not None and args.data_dir != args.dir:
+            raise ValueError("give the data dir once: DIR or --data-dir")
+        args.data_dir = args.dir
+
     data_dir = _data_dir(args)
     directory = _store_dir(args)
     if is_locked(data_dir):
@@ -338,6 +385,13 @@ def _check(args: argparse.Namespace) -> int:
         if file.torn_tail is not None:
             offset, reason = file.torn_tail
             print(f"  torn tail at offset {offset} ({reason}): cut off at start, not a problem")
+    if report.newer is not None:
+        print(
+            f"tcpmq: {report.newer}: this build is too old for the store; "
+            "check it with that newer tcpmq (do not repair it with this one)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     for problem in report.problems:
         print(f"damaged: {problem}")
     print(f"{report.channels} channels, {report.queues} queues, {report.messages} messages intact")
@@ -369,9 +423,14 @@ def _repair(args: argparse.Namespace) -> int:
 
 
 def _repair_store(directory: Path) -> int:
+    from ..storage import NewerFormat
     from ..storage.check import DAMAGED_DIR, check, repair
 
-    result = repair(directory)
+    try:
+        result = repair(directory)
+    except NewerFormat as exc:
+        print(f"tcpmq: not repairing: {exc}; use that newer tcpmq", file=sys.stderr)
+        return EXIT_ERROR
     if not result.repaired and not result.renumbered:
         print(f"{directory}: nothing to repair")
     for path in result.repaired:

@@ -18,6 +18,7 @@ from ..models import (
     Access,
     AccessResult,
     AckResult,
+    BackupResult,
     ChannelInfo,
     GrantResult,
     Identity,
@@ -34,6 +35,7 @@ from ..models import (
     Right,
     Role,
     ServerInfo,
+    Stats,
     SubscribeResult,
     TokensRevoked,
     UserInfo,
@@ -193,6 +195,26 @@ class Client:
     async def info(self) -> ServerInfo:
         """The server's version, its store (log or memory) and every limit it enforces."""
         return parse(ServerInfo, await self._link.call("server.info", {}), "server.info")
+
+    async def stats(self) -> Stats:
+        """Rates, connections, every channel and queue, the store (admins only).
+
+        Raises:
+            Forbidden: not an admin.
+        """
+        return parse(Stats, await self._link.call("stats", {}), "stats")
+
+    async def backup(self, path: str) -> BackupResult:
+        """Have the server write a consistent copy of its data dir into `path`
+        (absolute, on the server's machine, missing or empty; admins only).
+
+        Raises:
+            Forbidden: not an admin.
+            AlreadyExists: `path` is not empty.
+            BadRequest: `path` is not absolute, or the memory store.
+        """
+        reply = await self._link.call("store.backup", {"path": path})
+        return parse(BackupResult, reply, "store.backup")
 
     async def user_create(self, name: str, password: str, role: Role = "user") -> UserInfo:
         """Create a user (admins only).

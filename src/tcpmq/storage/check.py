@@ -26,6 +26,7 @@ from .records import (
     HEADER,
     FormatError,
     Kind,
+    NewerFormat,
     RecordType,
     encode_json,
     frame,
@@ -53,6 +54,9 @@ class FileReport:
 class CheckReport:
     files: list[FileReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: A file written by a newer tcpmq: the store is not damaged, this build
+    #: is too old for it (and must not repair it).
+    newer: NewerFormat | None = None
     channels: int = 0
     queues: int = 0
     messages: int = 0
@@ -115,6 +119,10 @@ def _check_once(directory: Path) -> CheckReport:
             found_kind, found_seq = read_header(data, str(path))
             if found_kind is not kind or found_seq != seq:
                 raise FormatError(str(path), 0, "header does not match the file name")
+        except NewerFormat as exc:
+            report.newer = exc
+            report.problems.append(str(exc))
+            continue
         except FormatError as exc:
             if last and len(data) < HEADER.size:
                 file_report.torn_tail = (0, "incomplete header")
@@ -168,6 +176,8 @@ def repair(directory: Path) -> RepairReport:
     report = check(directory)
     if report.ok:
         return result
+    if report.newer is not None:
+        raise report.newer  # rewriting it with this build's records would lose data
     damaged_dir = directory / DAMAGED_DIR
     damaged_dir.mkdir(mode=0o700, exist_ok=True)
     for file_report in report.files:

@@ -54,11 +54,13 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from .records import HEADER, Kind, header
+from .synctimes import SyncTimes
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,8 @@ class LogWriter:
         self._closed = False
         #: Completed fsync rounds (each may cover many replies: group commit).
         self.syncs = 0
+        #: How long each sync round took (timed in the sync thread, per round).
+        self.sync_times = SyncTimes()
         self._exited = self._loop.create_future()
         self._thread = threading.Thread(target=self._sync_loop, name="tcpmq-fsync", daemon=True)
         self._thread.start()
@@ -406,6 +410,7 @@ class LogWriter:
             self._dirty.clear()
             to_close, self._to_close = self._to_close, []
             new_files, self._new_files = self._new_files, False
+        started = time.perf_counter()
         try:
             self._sync(fds, to_close, new_files)
         except OSError as exc:
@@ -419,6 +424,8 @@ class LogWriter:
                 self._done.notify_all()
             self._report(self._sync_failed, exc)
             return not last
+        if fds:
+            self.sync_times.record(time.perf_counter() - started)
         with self._lock:
             self._thread_synced = target
             self._done.notify_all()

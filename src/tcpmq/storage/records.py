@@ -76,6 +76,19 @@ class FormatError(Exception):
         self.reason = reason
 
 
+class NewerFormat(FormatError):
+    """A file written by a newer tcpmq: not damage, and nothing to repair."""
+
+    def __init__(self, path: str, version: int) -> None:
+        super().__init__(
+            path,
+            0,
+            f"written by a newer tcpmq (format version {version}; this build reads 1 to "
+            f"{FORMAT_VERSION})",
+        )
+        self.version = version
+
+
 def header(kind: Kind, seq: int) -> bytes:
     return HEADER.pack(MAGIC, kind.value, FORMAT_VERSION, seq)
 
@@ -91,6 +104,8 @@ def read_header(data: bytes | memoryview, path: str) -> tuple[Kind, int]:
     magic, kind, version, seq = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(path, 0, "not a tcpmq storage file")
+    if version > FORMAT_VERSION:
+        raise NewerFormat(path, version)
     if version not in READABLE_VERSIONS:
         raise FormatError(
             path, 0, f"format version {version}, this build reads 1 to {FORMAT_VERSION}"

@@ -42,6 +42,7 @@ from .records import (
 )
 from .recovery import Recovered, list_files, recover
 from .snapshot import capture, write_snapshot
+from .synctimes import SyncTimes
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,16 @@ class DiskStore:
     @property
     def syncs(self) -> int:
         return self._writer.syncs
+
+    @property
+    def sync_times(self) -> SyncTimes:
+        """How long the log's fsyncs took (see synctimes.py)."""
+        return self._writer.sync_times
+
+    @property
+    def free_bytes(self) -> int | None:
+        """Free space of the store's filesystem at the last probe (None: unreadable)."""
+        return self._free
 
     # -- Journal ----------------------------------------------------------------
 
