@@ -25,7 +25,7 @@ from conftest import (
     until_pull_waits,
 )
 from tcpmq.cli.commands import build_parser
-from tcpmq.cli.local import _config
+from tcpmq.cli.local import server_config
 from tcpmq.client import connect
 from tcpmq.config import ServerConfig
 from tcpmq.errors import Forbidden
@@ -89,9 +89,9 @@ async def test_a_server_with_the_default_config_makes_private_channels(tmp_path:
 
 def test_tcpmq_serve_defaults_to_private_channels() -> None:
     args = build_parser().parse_args(["serve"])
-    assert _config(args).default_channel_access == "private"
+    assert server_config(args).default_channel_access == "private"
     args = build_parser().parse_args(["serve", "--default-channel-access", "public"])
-    assert _config(args).default_channel_access == "public"
+    assert server_config(args).default_channel_access == "public"
 
 
 # --- a private channel -----------------------------------------------------------
