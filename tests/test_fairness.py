@@ -8,12 +8,14 @@ Timings are bench/fairness.py's; here, what the client sees.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
 import pytest
 
 from conftest import Wire, expect_error, open_user_wire, open_wire, running_server
+from tcpmq.cpugate import LargeRequestGate
 from tcpmq.server import Server
 
 pytestmark = [pytest.mark.every_store, pytest.mark.over_tls]
@@ -94,6 +96,26 @@ async def test_a_smaller_container_limit_is_applied(tmp_path: Path) -> None:
         error = await admin.error("ping", "bad_request", x=[[]] * 99)
         assert error["limit"] == "max_containers"
         assert error["max"] == 100
+
+
+async def test_before_auth_a_line_of_arrays_is_refused_before_it_is_parsed(wire: Wire) -> None:
+    # 8 KiB of `[]`: 2,700 lists, where auth, login and ping take none.
+    line = b'{"op":"ping","x":[' + b",".join([b"[]"] * 2700) + b"]}"
+    error = expect_error(await wire.call_raw(line), "bad_request")
+    assert (error["limit"], error["max"]) == ("max_containers", 128)
+    assert "field" not in error and "before authentication" in error["message"]
+    # A few are parsed as ever, and the field named.
+    few = orjson.dumps({"op": "ping", "x": [[]] * 100})
+    assert expect_error(await wire.call_raw(few), "bad_request")["field"] == "x"
+    assert await wire.call("ping", id=1) == {"ok": True, "id": 1}
+
+
+async def test_one_large_request_per_pass_of_the_loop() -> None:
+    gate = LargeRequestGate()
+    assert gate.enter()
+    assert not gate.enter()  # the rest of this pass: another must wait
+    await asyncio.sleep(0)  # one pass of the loop: the subject of the test
+    assert gate.enter()
 
 
 async def test_unknown_fields_before_auth_are_refused_at_the_first(wire: Wire) -> None:

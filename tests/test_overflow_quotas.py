@@ -184,6 +184,14 @@ async def test_the_channel_owner_caps_a_foreign_queue(tmp_path: Path) -> None:
         spy = await queue_of(bob, "c", "spy")
         assert (spy["depth"], spy["max_messages"], spy["max_bytes"]) == (1, 9, 400)
         assert await ready_data(bob, "c", "spy") == [DATA]
+        # The cap holds: its owner may lower it, not raise it (nor by subscribe).
+        error = await bob.error(
+            "queue.update", "forbidden", channel="c", queue="spy", max_bytes=401
+        )
+        assert "may raise max_bytes" in error["message"]
+        await bob.error("subscribe", "forbidden", channel="c", queue="spy", max_messages=10)
+        lowered = await bob.ok("queue.update", channel="c", queue="spy", max_messages=5)
+        assert lowered["queue"]["max_messages"] == 5
 
 
 @pytest.mark.every_store

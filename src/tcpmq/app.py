@@ -19,6 +19,7 @@ from .backend import Backend
 from .backup import Backups
 from .caller import Caller
 from .config import Limits
+from .cpugate import LargeRequestGate
 from .loginlimits import LoginLimiter
 from .passwords import PasswordPool
 from .registry import Connections
@@ -43,3 +44,5 @@ class App:
     #: What `stats` and `/metrics` read (None until the server has started it).
     observer: Observer | None = None
     backups: Backups = field(default_factory=Backups)
+    #: One large request per pass of the loop, across connections (cpugate.py).
+    large_requests: LargeRequestGate = field(default_factory=LargeRequestGate)

@@ -846,7 +846,8 @@ class Broker:
         channel's owner and admins. Limits must be within the server's.
 
         Raises:
-            Forbidden: `reject` asked by neither the channel's owner nor an admin.
+            Forbidden: `reject` asked by neither the channel's owner nor an
+                admin, or a limit raised by neither.
         """
         channel = self.channels[queue.channel]
         if self._configure(channel, queue, user, admin, overflow, max_messages, max_bytes):
@@ -864,6 +865,17 @@ class Broker:
     ) -> bool:
         """Apply the settings given; returns whether anything changed."""
         self._check_overflow(channel, user, admin, overflow)
+        if not (admin or user == channel.owner):
+            # A cap the channel's owner set must hold: others may only lower one.
+            for name, asked, now in (
+                ("max_messages", max_messages, queue.max_messages),
+                ("max_bytes", max_bytes, queue.max_bytes),
+            ):
+                if asked is not None and asked > now:
+                    raise Forbidden(
+                        f"only the owner of channel {channel.name!r} or an admin may raise "
+                        f"{name} of queue {queue.name!r} (now {now}); you may lower it"
+                    )
         before = (queue.overflow, queue.own_max_messages, queue.own_max_bytes)
         if overflow is not None:
             queue.overflow = overflow

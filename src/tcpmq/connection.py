@@ -460,6 +460,8 @@ class Connection(asyncio.Protocol):
             self._refuse_frame(FrameTooLarge(limit, _auth_limit_name(self._limits)))
             return
         try:
+            if unauthenticated:
+                wire.check_preauth_containers(frame)
             request = wire.parse_frame(frame)
             head = wire.take_id(request)
             op = wire.take_op(request)
@@ -627,8 +629,9 @@ class Connection(asyncio.Protocol):
         flush_at = self._limits.write_buffer_high
         turn = self._limits.frames_per_turn
         budget = self._limits.bytes_per_turn
-        # No shorter line can hold more than max_containers containers.
-        containers_from = 2 * self._limits.max_containers
+        # Large lines: only these can hold more than max_containers
+        # containers, and they pass the gate one per pass of the loop.
+        large_from = 2 * self._limits.max_containers
         if not self._held:
             # Nothing waits for the disk: the turn only bounds how long others
             # wait, and a longer one makes fewer, larger publish runs.
@@ -653,10 +656,18 @@ class Connection(asyncio.Protocol):
                 )
                 return
             size = len(frame)
+            if size > large_from:
+                if not self.app.large_requests.enter():
+                    # Another connection's large request had this pass.
+                    backlog.appendleft(frame)
+                    self._stream_ahead = 0  # looked at again: harmless
+                    self._yield_turn()
+                    return
+                if not self._containers_fit(frame):
+                    self._backlog_bytes -= size
+                    continue
             self._backlog_bytes -= size
             budget -= size
-            if size > containers_from and not self._containers_fit(frame):
-                continue
             self._handle(frame)
             if self._out_bytes >= flush_at:
                 # Writing may pause us (pause_writing runs inside write), so a

@@ -295,6 +295,33 @@ def check_containers(frame: bytes, maximum: int) -> None:
         )
 
 
+# Before authentication only auth, login and ping are taken, and none has a
+# field that is an object or an array: a line may hold this many, enough for
+# the errors a person typing makes, and costs microseconds to parse.
+PREAUTH_CONTAINERS = 128
+
+
+def check_preauth_containers(frame: bytes) -> None:
+    """Refuse an unauthenticated line with more than PREAUTH_CONTAINERS objects
+    and arrays, before it is parsed. A too deep one is left to `parse_frame`,
+    whose error names the field (parsing stops at orjson's depth limit).
+
+    Raises:
+        BadRequest: with limit `max_containers`.
+    """
+    most = PREAUTH_CONTAINERS
+    if (
+        frame.count(b"[") + frame.count(b"{") > most
+        and _containers(frame) > most
+        and _line_depth(frame) <= MAX_DEPTH
+    ):
+        raise BadRequest(
+            f"request has more than {most} objects and arrays (before authentication)",
+            limit="max_containers",
+            maximum=most,
+        )
+
+
 def parse_frame(frame: bytes) -> dict[str, Any]:
     """Decode one frame into the request object (lines longer than twice
     `max_containers` have passed `check_containers` first).
