@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -193,3 +194,17 @@ async def test_an_admin_password_for_a_deleted_admin_is_warned_about(
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("TCPMQ_ADMIN_PASSWORD is ignored: user 'admin' no longer exists")
     assert ADMIN_PASSWORD not in caplog.text
+
+
+async def test_a_server_that_cannot_listen_closes_its_store(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_server(data) as first:
+        taken = first.port
+        config = dataclasses.replace(make_config(tmp_path / "other"), port=taken)
+        server = Server(config, admin_password_hash=hash_password(ADMIN_PASSWORD))
+        with pytest.raises(OSError):
+            await server.start()
+        # Its store was opened before the port was tried: closed again, its
+        # sync thread gone and its data dir free.
+        assert [t.name for t in threading.enumerate()].count("tcpmq-fsync") == 1
+        assert not is_locked(tmp_path / "other")

@@ -59,7 +59,7 @@ from .backend import (
     open_log_backend,
     open_memory_backend,
 )
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, Limits, ServerConfig
 from .connection import Connection
 from .datadir import DataDirLock, check_permissions
 from .deadlines import DeadlineTimer
@@ -228,6 +228,18 @@ class Server:
                 config.storage.fsync,
             )
             backend = log_backend
+        try:
+            await self._serve_backend(backend, users, limits, fds.backlog)
+        except BaseException:
+            # Not started (the port is taken, say): the store's files and thread go too.
+            await backend.close()
+            raise
+
+    async def _serve_backend(
+        self, backend: Backend, users: UserDirectory, limits: Limits, backlog: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
         # The broker knows users only by name: it is told which are exempt from the quotas.
         for user in users.list():
             if user.role == "admin":
@@ -254,7 +266,7 @@ class Server:
         self._deadlines = DeadlineTimer(backend, loop)
         self._stopping = asyncio.Event()
         self._handshakes = Handshakes(limits.max_connections)
-        await self._listen(loop, fds.backlog)
+        await self._listen(loop, backlog)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, backlog: int) -> None:
         config = self.config
