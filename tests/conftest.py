@@ -169,6 +169,13 @@ async def running_server(
 ) -> AsyncIterator[Server]:
     """A started server on the current test's backend (see `store`)."""
     config = make_config(data_dir, storage, default_channel_access=default_channel_access, **limits)
+    async with serving(config) as server:
+        yield server
+
+
+@asynccontextmanager
+async def serving(config: ServerConfig) -> AsyncIterator[Server]:
+    """A server started with `config` until the block ends."""
     server = Server(config, admin_password_hash=ADMIN_PASSWORD_HASH)
     await server.start()
     try:

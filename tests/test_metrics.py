@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ADMIN_PASSWORD_HASH, REPLY_TIMEOUT, make_config, open_user_wire
+from conftest import ADMIN_PASSWORD_HASH, REPLY_TIMEOUT, make_config, open_user_wire, serving
 from processes import run_cli
 from tcpmq.config import ConfigError
 from tcpmq.metricshttp import MAX_REQUEST_BYTES
@@ -36,12 +36,8 @@ async def metrics_server(
         metrics_listen=(host, 0),
         metrics_token_file=token_file,
     )
-    server = Server(config, admin_password_hash=ADMIN_PASSWORD_HASH)
-    await server.start()
-    try:
+    async with serving(config) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 async def http(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:

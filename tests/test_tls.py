@@ -22,7 +22,13 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import ADMIN_PASSWORD, ADMIN_PASSWORD_HASH, REPLY_TIMEOUT, Wire, until_pull_waits
+from conftest import (
+    ADMIN_PASSWORD,
+    REPLY_TIMEOUT,
+    Wire,
+    serving,
+    until_pull_waits,
+)
 from processes import CLI_TIMEOUT, clean_env, serve
 from proxy import relay_to
 from tcpmq.client import Backoff, ConnectionLost, connect
@@ -52,12 +58,8 @@ async def tls_server(
         tls=tls,
         plain_listen=plain_listen,
     )
-    server = Server(config, admin_password_hash=ADMIN_PASSWORD_HASH)
-    await server.start()
-    try:
+    async with serving(config) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def server_tls(files: TlsFiles, *, mutual: bool = False) -> TlsConfig:

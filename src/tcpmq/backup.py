@@ -23,6 +23,7 @@ broker's user.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import time
@@ -50,13 +51,7 @@ class BackupResult:
     seconds: float
 
     def fields(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "channels": self.channels,
-            "queues": self.queues,
-            "bytes": self.bytes,
-            "seconds": self.seconds,
-        }
+        return dataclasses.asdict(self)
 
 
 class Backups:
