@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .redisstore.url import is_redis_url, parse_redis_url
+
 DEFAULT_PORT = 7878
 
 
@@ -255,6 +257,7 @@ class LogConfig:
 
 #: The backends `--store` can name: "log" keeps the state in the data dir's
 #: journal (durable), "memory" keeps it only in the process (lost on restart).
+#: A redis:// or redis+cluster:// URL names a shared store (redisstore/).
 STORES = ("log", "memory")
 #: What `channel.create` without `access` makes (see protocol.md, Permissions).
 CHANNEL_ACCESS = ("private", "public")
@@ -293,7 +296,12 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
-            raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+            if not is_redis_url(self.store):
+                raise ValueError(
+                    f"store must be one of {', '.join(STORES)} or a redis:// URL, "
+                    f"not {self.store!r}"
+                )
+            parse_redis_url(self.store)  # ValueError, saying what is wrong
         if self.default_channel_access not in CHANNEL_ACCESS:
             raise ConfigError(
                 f"default_channel_access must be private or public, "
