@@ -100,7 +100,7 @@ from .errors import (
 )
 from .frame import FrameDecoder
 from .loginlimits import source_address
-from .ops import HANDLERS, PublishRun, decode_publish
+from .ops import HANDLERS, PublishRun, RunReplies, decode_publish
 from .pending import Outcome, Pending
 
 log = logging.getLogger(__name__)
@@ -472,17 +472,20 @@ class Connection(asyncio.Protocol):
                 self._join_run(head, channel, data)
                 return
             # Whatever this request does or answers comes after the run before it.
-            self._end_run()
+            if self._run is not None and self._run_waits(frame):
+                return
             result = HANDLERS[op](self.app, self.caller, wire.decode_fields(op, request))
         except TcpmqError as exc:
-            self._end_run()
+            if self._run is not None and self._run_waits(frame):
+                return
             self._answer(head, exc)
             if exc.code is ErrorCode.STORAGE_FULL:
                 self._out_refusals += 1
             return
         except Exception:
             log.exception("internal error handling a request from %s", self.peer)
-            self._end_run()
+            if self._run is not None and self._run_waits(frame):
+                return
             self._answer(head, InternalError("internal server error"))
             return
         if isinstance(result, Pending):
@@ -567,10 +570,23 @@ class Connection(asyncio.Protocol):
             run = self._run = PublishRun(channel)
         run.add_batch(head, data, size)
 
+    def _run_waits(self, frame: bytes | None) -> bool:
+        """End the publish run before `frame`; if its replies wait (a backend across
+        the network), put `frame` back to be handled after them."""
+        self._end_run()
+        if self._pending is None:
+            return False
+        self._backlog.appendleft(frame)
+        if frame is not None:
+            self._backlog_bytes += len(frame)
+        self._stream_ahead = 0
+        return True
+
     def _end_run(self) -> None:
         """Publish the run of publishes, if any, and queue their replies."""
         run = self._run
-        if run is None:
+        if run is None or self._pending is not None:
+            # (A run read behind an earlier run's waiting replies waits for them.)
             return
         self._run = None
         try:
@@ -579,6 +595,12 @@ class Connection(asyncio.Protocol):
             log.exception("internal error publishing for %s", self.peer)
             error = InternalError("internal server error")
             replies = [wire.reply_error(head, error) for head in run.heads]
+        if isinstance(replies, RunReplies):
+            # A backend across the network: the replies wait, and so does the backlog.
+            self._pending = replies
+            self._pending_head = b""
+            replies.on_done(self._pending_done)
+            return
         self._out.extend(replies)
         self._out_bytes += sum(map(len, replies))
         self._out_refusals += run.refusals
@@ -589,11 +611,14 @@ class Connection(asyncio.Protocol):
             return
         self._pending = None
         outcome = pending.outcome
-        if self.state is State.AWAITING_AUTH and self.caller.user is not None:
+        if isinstance(pending, RunReplies):
+            self._run_replied(pending)
+        elif self.state is State.AWAITING_AUTH and self.caller.user is not None:
             self._authenticated()
-        self._answer(self._pending_head, outcome)
-        if isinstance(outcome, TcpmqError) and outcome.code is ErrorCode.STORAGE_FULL:
-            self._out_refusals += 1
+        if not isinstance(pending, RunReplies):
+            self._answer(self._pending_head, outcome)
+            if isinstance(outcome, TcpmqError) and outcome.code is ErrorCode.STORAGE_FULL:
+                self._out_refusals += 1
         if self._limits.idle_timeout and self._loop is not None:
             # A long poll was activity: idleness counts from its end.
             self._last_read = self._loop.time()
@@ -603,6 +628,15 @@ class Connection(asyncio.Protocol):
         # the backend from within one of its own calls.
         self._flush()
         asyncio.get_running_loop().call_soon(self._resume)
+
+    def _run_replied(self, run: RunReplies) -> None:
+        outcome = run.outcome
+        if isinstance(outcome, TcpmqError):
+            replies = [wire.reply_error(head, outcome) for head in run.heads]
+        else:
+            replies = run.lines
+        self._out.extend(replies)
+        self._out_bytes += sum(map(len, replies))
 
     @_guarded
     def _resume(self) -> None:
@@ -683,14 +717,16 @@ class Connection(asyncio.Protocol):
         try:
             wire.check_containers(frame, self._limits.max_containers)
         except TcpmqError as exc:
-            self._end_run()
+            if self._run is not None and self._run_waits(frame):
+                return False
             self._answer(b"", exc)
             return False
         return True
 
     def _refuse_frame(self, error: FrameTooLarge) -> None:
         """Answer a line over the limit, then close: the stream has no next frame."""
-        self._end_run()
+        if self._run is not None and self._run_waits(None):
+            return
         self._out.append(wire.reply_error(b"", error))
         # The rest of the line may still be coming: linger for it.
         self._unread_input = True

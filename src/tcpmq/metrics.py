@@ -40,6 +40,7 @@ class BrokerCollector:
     def collect(self) -> Iterator[Metric]:
         observer = self._observer
         broker = observer.broker
+        counters = observer.counters
         yield InfoMetricFamily(
             "tcpmq_build",
             "The broker's version and store",
@@ -56,13 +57,20 @@ class BrokerCollector:
             connections.authenticated_count,
         )
         for name, value, what in (
-            ("published", broker.messages_published, "published"),
-            ("delivered", broker.messages_delivered, "delivered by pulls (redeliveries included)"),
-            ("acked", broker.messages_acked, "acknowledged"),
+            ("published", counters.messages_published, "published"),
+            (
+                "delivered",
+                counters.messages_delivered,
+                "delivered by pulls (redeliveries included)",
+            ),
+            ("acked", counters.messages_acked, "acknowledged"),
         ):
             yield CounterMetricFamily(
                 f"tcpmq_messages_{name}_total", f"Messages {what} since the broker started", value
             )
+        if broker is None:  # a shared store: its channels are not in this process
+            yield from self._store()
+            return
         yield GaugeMetricFamily(
             "tcpmq_memory_bytes",
             "The broker's estimate of the memory its messages take (max_memory_bytes)",
@@ -73,6 +81,7 @@ class BrokerCollector:
 
     def _queues(self) -> Iterator[Metric]:
         broker = self._observer.broker
+        assert broker is not None
         published = CounterMetricFamily(
             "tcpmq_channel_messages_published_total",
             "Messages published to the channel since it was created",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 from . import audit, info, wire
 from .app import App, Caller
@@ -246,14 +246,20 @@ def op_user_delete(app: App, caller: Caller, request: wire.NameRequest) -> Pendi
     _require_admin(caller)
     app.users.get(request.name)  # not_found now, before any work
 
-    def deleted(user: User) -> Result:
+    async def delete() -> User:
+        user = await app.users.delete(request.name)
         # Its queues go; its channels pass to the admin who deleted it.
-        app.backend.delete_user(user.name, caller.name)
+        forgotten = app.backend.delete_user(user.name, caller.name)
+        if forgotten is not None:  # a backend across the network
+            await forgotten
+        return user
+
+    def deleted(user: User) -> Result:
         app.connections.end_user(user.name)
         audit.event("user_deleted", user=user.name, by=caller.name)
         return None
 
-    return _later(app.users.delete(request.name), deleted)
+    return _later(delete(), deleted)
 
 
 def _account(caller: Caller, name: str | None) -> str:
@@ -579,25 +585,41 @@ class PublishRun:
         batches = self.batches
         return [batches.get(index, 1) for index in range(len(self.heads))]
 
-    def replies(self, app: App, caller: Caller) -> list[bytes]:
-        """Publish the run; the reply line of each publish, in order."""
+    def replies(self, app: App, caller: Caller) -> list[bytes] | RunReplies:
+        """Publish the run; the reply line of each publish, in order (later, from a
+        backend whose publish is a coroutine: the redis store)."""
         publish = app.backend.publish
-        reply = wire.publish_reply
-        publisher = caller.name_json
         now = time.time()
         try:
-            first, queues = publish(
-                self.channel, self.datas, publisher, now, caller.name, caller.is_admin
+            done = publish(
+                self.channel, self.datas, caller.name_json, now, caller.name, caller.is_admin
             )
         except TcpmqError as exc:
-            if exc.code is ErrorCode.STORAGE_FULL:
-                # Nothing of the run can be published: refuse each alike.
-                self.refusals = len(self.heads)
-                return [wire.reply_error(head, exc) for head in self.heads]
-            if len(self.heads) == 1 or exc.code is ErrorCode.FORBIDDEN:
-                # Forbidden for one is forbidden for all: one reply each, no retries.
-                return [wire.reply_error(head, exc) for head in self.heads]
-            return self._one_by_one(app, caller, now)
+            if self._retry_alone(exc):
+                return self._one_by_one(app, caller, now)
+            return self._refused(exc)
+        if type(done) is tuple:
+            return self._published(*done)
+        assert isinstance(done, Awaitable)
+        return RunReplies(self.heads, self._replies_later(app, caller, now, done))
+
+    def _retry_alone(self, exc: TcpmqError) -> bool:
+        """Whether each publish of the run may fare differently alone (a full queue)."""
+        return not (
+            exc.code is ErrorCode.STORAGE_FULL
+            or exc.code is ErrorCode.FORBIDDEN
+            or exc.code is ErrorCode.UNAVAILABLE
+            or len(self.heads) == 1
+        )
+
+    def _refused(self, exc: TcpmqError) -> list[bytes]:
+        # Nothing of the run can be published (forbidden for one is forbidden for all).
+        if exc.code is ErrorCode.STORAGE_FULL:
+            self.refusals = len(self.heads)
+        return [wire.reply_error(head, exc) for head in self.heads]
+
+    def _published(self, first: int, queues: int) -> list[bytes]:
+        reply = wire.publish_reply
         if not self.batches:  # one message each: the usual run
             return [reply(head, first + i, 1, queues) for i, head in enumerate(self.heads)]
         replies = []
@@ -613,9 +635,11 @@ class PublishRun:
             datas = self.datas[start : start + count]
             start += count
             try:
-                first, queues = app.backend.publish(
+                done = app.backend.publish(
                     self.channel, datas, caller.name_json, now, caller.name, caller.is_admin
                 )
+                # A synchronous backend's (`replies` took the other path otherwise).
+                first, queues = cast(tuple[int, int], done)
             except TcpmqError as exc:
                 replies.append(wire.reply_error(head, exc))
                 if exc.code is ErrorCode.STORAGE_FULL:
@@ -623,6 +647,53 @@ class PublishRun:
             else:
                 replies.append(wire.publish_reply(head, first, count, queues))
         return replies
+
+    async def _replies_later(
+        self, app: App, caller: Caller, now: float, done: Awaitable[tuple[int, int]]
+    ) -> list[bytes]:
+        """`replies`, for a backend whose publish is a coroutine."""
+        try:
+            return self._published(*await done)
+        except TcpmqError as exc:
+            if not self._retry_alone(exc):
+                return self._refused(exc)
+        replies = []
+        start = 0
+        for head, count in zip(self.heads, self.counts, strict=True):
+            datas = self.datas[start : start + count]
+            start += count
+            alone = app.backend.publish(
+                self.channel, datas, caller.name_json, now, caller.name, caller.is_admin
+            )
+            try:
+                first, queues = await cast(Awaitable[tuple[int, int]], alone)
+            except TcpmqError as exc:
+                replies.append(wire.reply_error(head, exc))
+            else:
+                replies.append(wire.publish_reply(head, first, count, queues))
+        return replies
+
+
+class RunReplies(Pending):
+    """The replies of a publish run that a backend answers later: `lines`, once done."""
+
+    __slots__ = ("_task", "heads", "lines")
+
+    def __init__(self, heads: list[bytes], work: Coroutine[Any, Any, list[bytes]]) -> None:
+        super().__init__()
+        self.heads = heads
+        self.lines: list[bytes] = []
+        self._task = asyncio.ensure_future(work)
+        self._task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[list[bytes]]) -> None:
+        if task.cancelled():
+            return
+        self.settle(lambda: self._keep(task.result()))
+
+    def _keep(self, lines: list[bytes]) -> Result:
+        self.lines = lines
+        return None
 
 
 def op_pull(app: App, caller: Caller, request: wire.PullRequest) -> Result | Pending:

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .broker import Broker, Channel, Queue
 from .registry import Connections
@@ -36,18 +36,35 @@ class _Sample:
     acked: int
 
 
+class Counters(Protocol):
+    """Messages published, delivered and acked since start (one add per call)."""
+
+    messages_published: int
+    messages_delivered: int
+    messages_acked: int
+
+
+def _counters(broker: Broker | None) -> Counters:
+    assert broker is not None, "a shared store passes its own counters"
+    return broker
+
+
 class Observer:
     """Reads the broker, the connections and the store for `stats` and `/metrics`."""
 
     def __init__(
         self,
-        broker: Broker,
+        broker: Broker | None,
         connections: Connections,
         store: DiskStore | None,
         store_name: str,
         loop: asyncio.AbstractEventLoop,
+        counters: Counters | None = None,
     ) -> None:
+        """`broker` is None for a shared store: its channels are not in this
+        process, and `counters` (the backend) count this node's traffic."""
         self.broker = broker
+        self.counters: Counters = counters if counters is not None else _counters(broker)
         self.connections = connections
         self.store = store
         self.store_name = store_name
@@ -65,7 +82,7 @@ class Observer:
             self._timer = None
 
     def _sample(self) -> _Sample:
-        broker = self.broker
+        broker = self.counters
         return _Sample(
             self._loop.time(),
             broker.messages_published,
@@ -128,9 +145,10 @@ class Observer:
     def stats(self) -> dict[str, Any]:
         """The result of the `stats` op (protocol.md, stats)."""
         broker = self.broker
+        counters = self.counters
         now = time.time()
         connections = self.connections
-        channels = [broker.channels[name] for name in sorted(broker.channels)]
+        channels = [] if broker is None else [broker.channels[n] for n in sorted(broker.channels)]
         return {
             "uptime": max(0.0, now - self.started_at),
             "connections": {
@@ -139,11 +157,11 @@ class Observer:
             },
             "rates": self.rates(),
             "totals": {
-                "published": broker.messages_published,
-                "delivered": broker.messages_delivered,
-                "acked": broker.messages_acked,
+                "published": counters.messages_published,
+                "delivered": counters.messages_delivered,
+                "acked": counters.messages_acked,
             },
-            "memory_bytes": int(broker.memory),
+            "memory_bytes": None if broker is None else int(broker.memory),
             "store": self.store_stats(),
             "channels": [channel_stats(channel) for channel in channels],
             "queues": [

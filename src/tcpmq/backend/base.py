@@ -17,7 +17,7 @@ out tickets that are durable at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -170,8 +170,9 @@ class Backend(Protocol):
     def purge_queue(self, channel: str, queue: str, user: str, admin: bool) -> Result | Pending:
         """Drop the queue's ready messages. Result: `purged`. Raises: NotFound, Forbidden."""
 
-    def delete_user(self, name: str, heir: str) -> None:
-        """Drop the user's queues and grants, and hand its channels to `heir`."""
+    def delete_user(self, name: str, heir: str) -> Awaitable[None] | None:
+        """Drop the user's queues and grants, and hand its channels to `heir`
+        (done on return, or once the awaitable returned is)."""
 
     # -- messages -------------------------------------------------------------
 
@@ -183,8 +184,9 @@ class Backend(Protocol):
         published_at: float,
         user: str,
         admin: bool,
-    ) -> tuple[int, int]:
-        """Append encoded messages to every queue of the channel.
+    ) -> tuple[int, int] | Awaitable[tuple[int, int]]:
+        """Append encoded messages to every queue of the channel (done on return,
+        or once the awaitable returned is: a backend across the network).
 
         `publisher` is the publisher's JSON-encoded name, `user` the same
         name and `admin` its role. Returns the first message id (the others
