@@ -162,6 +162,10 @@ async def test_large_requests_take_turns_by_size(tmp_path: Path) -> None:
     assert other_id <= 8
 
 
+@pytest.mark.local_store(
+    "turns order requests within one process; on the redis store each request waits for "
+    "its script, and Redis orders the connections' scripts"
+)
 async def test_small_requests_fill_a_turn_by_count(tmp_path: Path) -> None:
     frame = b'{"op":"publish","channel":"c","data":0}\n'
     async with running_server(tmp_path / "data", frames_per_turn=4) as server:

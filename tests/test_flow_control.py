@@ -81,6 +81,10 @@ async def test_requests_behind_a_long_poll_wait_and_then_run_in_order(alice: Wir
         assert await alice.recv() == {"ok": True, "id": i}
 
 
+@pytest.mark.local_store(
+    "turns order requests within one process; on the redis store each request waits for "
+    "its script, and Redis orders the connections' scripts"
+)
 async def test_a_long_pipeline_takes_turns_with_other_connections(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", frames_per_turn=4) as server,

@@ -46,6 +46,7 @@ async def test_max_queues_per_user_counts_across_channels(tmp_path: Path, store:
         assert error["limit"] == "max_queues_per_user"
 
 
+@pytest.mark.local_store("the redis store leaves memory to Redis's maxmemory")
 async def test_max_memory_bytes_counts_a_fanned_out_message_once(tmp_path: Path) -> None:
     async with (
         running_server(tmp_path / "data", max_memory_bytes=100_000) as srv,
@@ -81,6 +82,7 @@ async def test_max_users_counts_every_user(tmp_path: Path) -> None:
         await create_user(admin, "carol")
 
 
+@pytest.mark.local_store("it reads the broker's memory estimate in the process")
 async def test_a_fanned_out_body_stays_one_object_after_a_restart(
     tmp_path: Path, store: str
 ) -> None:

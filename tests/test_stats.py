@@ -46,6 +46,7 @@ async def known_traffic(admin: Wire) -> None:
 
 
 @pytest.mark.every_store
+@pytest.mark.local_store("a node of the redis store reports its own traffic, not the channels")
 async def test_stats_after_known_traffic(
     server: Server, admin: Wire, alice: Wire, store: str
 ) -> None:

@@ -70,6 +70,7 @@ from .loginlimits import LoginLimiter
 from .metrics import exposition, registry_for
 from .metricshttp import MetricsListener, load_metrics_token
 from .passwords import PasswordPool
+from .redisstore.url import is_redis_url, parse_redis_url
 from .registry import Connections
 from .reload import plan
 from .sdnotify import Notifier
@@ -190,7 +191,14 @@ class Server:
             fds.backlog,
         )
         self.connections = Connections(limits)
-        users = open_user_directory(config)
+        store = parse_redis_url(config.store) if is_redis_url(config.store) else None
+        if store is not None:
+            # Imported here: redis-py is needed only by the redis store (tcpmq[redis]).
+            from .redisstore.node import open_redis_store
+
+            backend_store, users = await open_redis_store(store, config, loop)
+        else:
+            users = open_user_directory(config)
         if users.empty:
             await self._create_first_admin(users)
         elif password := self._admin_password or os.environ.get(ADMIN_PASSWORD_ENV):
@@ -215,7 +223,10 @@ class Server:
                 )
         started = time.perf_counter()
         backend: Backend
-        if config.store == "memory":
+        if store is not None:
+            backend = backend_store
+            log.info("store: %s (shared; this node keeps no state)", store)
+        elif config.store == "memory":
             backend = open_memory_backend(config.limits, loop)
             log.info("store: memory (nothing is kept across restarts)")
         else:
@@ -244,13 +255,13 @@ class Server:
         for user in users.list():
             if user.role == "admin":
                 backend.exempt_from_quotas(user.name)
-        assert isinstance(backend, CoreBackend), "both stores are the broker core"
         observer = Observer(
-            backend.broker,
+            backend.broker if isinstance(backend, CoreBackend) else None,
             self.connections,
             backend.store if isinstance(backend, LogBackend) else None,
             backend.name,
             loop,
+            None if isinstance(backend, CoreBackend) else backend,  # type: ignore[arg-type]
         )
         self.app = App(
             backend=backend,

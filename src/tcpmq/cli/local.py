@@ -34,6 +34,7 @@ from ..config import (
     default_data_dir,
 )
 from ..errors import TcpmqError
+from ..redisstore.url import is_redis_url, parse_redis_url
 from .exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 
@@ -186,8 +187,11 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument("--port", type=int, help=f"default {DEFAULT_PORT}")
     serve.add_argument(
         "--store",
-        choices=STORES,
-        help="log: durable, in the data dir (default); memory: no disk, lost on restart",
+        type=_store_setting,
+        metavar="{log,memory,redis://HOST:PORT/DB,redis+cluster://HOST:PORT,...}",
+        help="log: durable, in the data dir (default); memory: no disk, lost on restart; "
+        "a redis:// or redis+cluster:// URL: shared by every node given the same one "
+        "(?prefix=P to share a Redis; needs tcpmq[redis])",
     )
     _add_data_dir(serve)
     serve.add_argument(
@@ -352,6 +356,18 @@ def _refused(exc: ConfigError) -> int:
 
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or default_data_dir())
+
+
+def _store_setting(text: str) -> str:
+    if text in STORES:
+        return text
+    try:
+        parse_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc}" if is_redis_url(text) else f"log, memory or a redis:// URL, not {text!r}"
+        ) from None
+    return text
 
 
 def _store_dir(args: argparse.Namespace) -> Path:
