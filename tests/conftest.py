@@ -4,9 +4,10 @@ Every test that needs a broker gets its own, bound to port 0 with a fresh data
 directory; `Server.start()` returns once the socket listens, so no test waits
 by sleeping.
 
-Setups: a test marked `every_store` runs once per backend; one also marked
-`over_tls` runs a third time, over TLS on the memory store (the wire is the
-same on both stores, and the suite stays within its time). `open_raw` and
+Setups: a test marked `every_store` runs once per backend (log, memory, and
+redis where `redis-server` is installed: one Redis per test process); one also
+marked `over_tls` runs once more, over TLS on the memory store (the wire is the
+same on every store, and the suite stays within its time). `open_raw` and
 `open_wire` connect as the current test's transport says.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -24,6 +27,7 @@ import orjson
 import pytest
 import uvloop
 
+from redisserver import RedisServer, redis_server_path, start_redis
 from tcpmq.auth import hash_password
 from tcpmq.config import Limits, ServerConfig, StorageConfig, TlsConfig
 from tcpmq.server import Server
@@ -62,21 +66,45 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": uvloop.new_event_loop}
 
 
+# Found once: the redis setups exist only where Redis does (`./run test` installs it).
+HAVE_REDIS = redis_server_path() is not None
+NO_REDIS = "redis-server is not on PATH: every test of the redis store is SKIPPED"
+
 # The backends a test marked `every_store` runs against (see `store` below).
-STORES = ("log", "memory")
+STORES = ("log", "memory", "redis") if HAVE_REDIS else ("log", "memory")
 _current_store = "log"
+# The port of this worker's Redis while the current test runs on the redis store,
+# and the key prefix of each data directory the test gave a server (see `store_setting`).
+_redis_port: int | None = None
+_redis_prefixes: dict[Path, str] = {}
 # "tcp", or "tls" for a test's `over_tls` run (see `transport` below).
 _current_transport = "tcp"
 _tls_files: TlsFiles | None = None
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis per test process (xdist worker), shared by its tests: each config
+    gets its own key prefix (see `store_setting`), so they never see each other's keys."""
+    if not HAVE_REDIS:
+        print(f"\n*** {NO_REDIS} ***", file=sys.stderr)
+        pytest.skip(NO_REDIS)
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def store(request: pytest.FixtureRequest) -> Iterator[str]:
     """The backend servers of this test use: "log" unless the test is marked `every_store`."""
-    global _current_store
+    global _current_store, _redis_port
     _current_store = getattr(request, "param", "log")
+    if _current_store == "redis":
+        _redis_port = request.getfixturevalue("redis_server").port
     yield _current_store
     _current_store = "log"
+    _redis_port = None
+    _redis_prefixes.clear()
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +131,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("every_store"):
         setups = [("log", "tcp"), ("memory", "tcp")]
         ids = ["log", "memory"]
+        if HAVE_REDIS:
+            setups.append(("redis", "tcp"))
+            ids.append("redis")
         if metafunc.definition.get_closest_marker("over_tls"):
             setups.append(("memory", "tls"))
             ids.append("memory-tls")
@@ -130,12 +161,23 @@ def make_config(
         host="127.0.0.1",
         port=0,
         data_dir=data_dir,
-        store=_current_store,
+        store=store_setting(data_dir),
         limits=Limits(**limits),
         storage=StorageConfig(**(storage or {})),
         tls=tls,
         default_channel_access=default_channel_access,
     )
+
+
+def store_setting(data_dir: Path) -> str:
+    """`--store` for the current test. On redis, a fresh key prefix on this worker's Redis
+    per data directory: a new directory starts empty, as on the log store, and a server
+    restarted on the same one finds what it left (restart tests run unchanged)."""
+    if _current_store != "redis":
+        return _current_store
+    assert _redis_port is not None
+    prefix = _redis_prefixes.setdefault(data_dir.resolve(), f"t{uuid.uuid4().hex}:")
+    return f"redis://127.0.0.1:{_redis_port}/0?prefix={prefix}"
 
 
 def client_tls() -> ssl.SSLContext | None:

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     ALREADY_EXISTS = "already_exists"
     LIMIT_EXCEEDED = "limit_exceeded"
     STORAGE_FULL = "storage_full"
+    UNAVAILABLE = "unavailable"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 
@@ -159,6 +160,15 @@ class StorageFull(TcpmqError):
     code = ErrorCode.STORAGE_FULL
 
 
+class Unavailable(TcpmqError):
+    """The shared store cannot be reached or take writes now; the request may be retried."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, message: str = "the store cannot be reached", **details: Any) -> None:
+        super().__init__(message, **details)
+
+
 class ShuttingDown(TcpmqError):
     code = ErrorCode.SHUTTING_DOWN
 
@@ -181,6 +191,7 @@ ERROR_CLASSES: dict[ErrorCode, type[TcpmqError]] = {
         AlreadyExists,
         LimitExceeded,
         StorageFull,
+        Unavailable,
         ShuttingDown,
         InternalError,
     )

@@ -43,7 +43,9 @@ def parse_redis_url(text: str) -> RedisStore:
     """Raises: ValueError, saying what is wrong with `text`."""
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in _SCHEMES:
-        raise ValueError(f"a redis store is redis://HOST:PORT/DB or redis+cluster://..., not {text!r}")
+        raise ValueError(
+            f"a redis store is redis://HOST:PORT/DB or redis+cluster://..., not {text!r}"
+        )
     rest, _, query = rest.partition("?")
     params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
     unknown = set(params) - {"prefix"}
