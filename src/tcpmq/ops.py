@@ -158,8 +158,9 @@ def op_login(app: App, caller: Caller, request: wire.LoginRequest) -> Pending:
             # Pushed out of a full hash queue: never tried, so not a failure.
             limiter.give_back(address, name, time.monotonic())
             raise
-        # The user may have been deleted (or replaced) while the hash ran.
-        if not matches or user is None or app.users.find(user.name) is not user:
+        # The user may have been deleted (or replaced) while the hash ran. (Compared
+        # by value: a shared directory reloads its copy as other nodes change it.)
+        if not matches or user is None or not _still(app.users.find(user.name), user):
             audit.event("auth_failed", conn=caller.conn_id, peer=caller.peer, user=name)
             raise AuthFailed("wrong user name or password")
         now = time.monotonic()
@@ -181,6 +182,15 @@ def op_login(app: App, caller: Caller, request: wire.LoginRequest) -> Pending:
 
     check.add_done_callback(done)
     return pending
+
+
+def _still(current: User | None, checked: User) -> bool:
+    """Whether `current` is the user whose password was checked, unchanged."""
+    return (
+        current is not None
+        and current.uid == checked.uid
+        and current.password_hash == checked.password_hash
+    )
 
 
 def _shutting_down() -> Result:
