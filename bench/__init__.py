@@ -1,8 +1,11 @@
 """Benchmarks of tcpmq against real peers, all measured in one run: `bench/run`.
 
-Servers: tcpmq (durable default and `--fsync never`), Redis 7 (in memory and
-`appendfsync always`), NATS JetStream (file storage, default sync and
-`sync_interval: always`) and a null broker (servers.py, nullbroker.py).
+Servers: tcpmq (durable default and `--fsync never`), tcpmq on a shared Redis
+store (one node on Redis appendfsync always or in memory, two nodes on one
+Redis), Redis 7 (in memory and `appendfsync always`), NATS JetStream (file
+storage, default sync and `sync_interval: always`) and a null broker
+(servers.py, nullbroker.py); redis_ceiling.py measures Redis's own cost per
+operation.
 Each server runs pinned to core 0; the load generator (loadgen.py, one
 uvloop process) on core 1 talks raw wire protocol to each (peers/), with
 publish commands encoded before the clock starts, pipelined in a bounded

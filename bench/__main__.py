@@ -63,9 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated servers (default all: {','.join(SPECS)})",
     )
     parser.add_argument("--output", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--store-url",
+        default=None,
+        metavar="URL",
+        help="put the tcpmq-redis servers' nodes on this store (a redis:// URL; each "
+        "server gets a fresh prefix= and leaves its keys there) instead of a "
+        "redis-server of their own; 'memory' or 'log' check the harness alone",
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     full = not args.quick and args.only == list(SCENARIOS) and args.servers == list(SPECS)
+    full = full and args.store_url is None
     if args.output is None and full:
         args.output = RESULTS
     return args
@@ -87,13 +96,15 @@ def _summary(figures: Figures) -> str:
     return ", ".join(f"{key} {value:,.2f}" for key, value in figures.items())
 
 
-async def measure_once(name: str, spec_name: str, sizes: Sizes, directory: Path) -> Figures:
+async def measure_once(
+    name: str, spec_name: str, sizes: Sizes, directory: Path, store_url: str | None
+) -> Figures:
     """One measurement on a fresh server; `other_load` is what other processes took meanwhile."""
-    server = Server(SPECS[spec_name], directory)
+    server = Server(SPECS[spec_name], directory, store_url=store_url)
     try:
         await server.start()
         load = OtherLoad()
-        load.start(server.pid)
+        load.start(*server.pids)
         figures = await asyncio.wait_for(
             SCENARIOS[name](server, peer_for(server), sizes), TIMEOUTS[name]
         )
@@ -107,11 +118,13 @@ async def measure_once(name: str, spec_name: str, sizes: Sizes, directory: Path)
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def measure(name: str, spec_name: str, sizes: Sizes, directory: Path, label: str) -> Figures:
+async def measure(
+    name: str, spec_name: str, sizes: Sizes, directory: Path, label: str, store_url: str | None
+) -> Figures:
     """Measure in a quiet moment; again (a bounded number of times) if others were busy."""
     for attempt in range(RETRIES + 1):
         await wait_quiet()
-        figures = await measure_once(name, spec_name, sizes, directory)
+        figures = await measure_once(name, spec_name, sizes, directory, store_url)
         other = figures.get("other_load", 0.0)
         if other <= OTHER_MAX or attempt == RETRIES:
             figures["repeats"] = attempt
@@ -144,7 +157,7 @@ async def run(args: argparse.Namespace) -> int:
                     where = Path(tmp) / f"{scenario}-{run_index}-{name}"
                     label = f"{scenario} run {run_index + 1}/{args.runs} {name}"
                     try:
-                        figures = await measure(scenario, name, sizes, where, label)
+                        figures = await measure(scenario, name, sizes, where, label, args.store_url)
                     except Exception as exc:
                         failures.setdefault(scenario, set()).add(name)
                         print(f"{label}: FAILED: {exc}", flush=True)

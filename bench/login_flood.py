@@ -66,8 +66,8 @@ class TunedServer(Server):
         super().__init__(SPECS["tcpmq"], data_dir)
         self.flags = flags
 
-    def _command(self) -> tuple[list[str], re.Pattern[bytes], dict[str, str]]:
-        command, ready, env = super()._command()
+    def _command(self, node: int = 0) -> tuple[list[str], re.Pattern[bytes], dict[str, str]]:
+        command, ready, env = super()._command(node)
         return [*command, *self.flags], ready, env
 
 

@@ -72,6 +72,15 @@ RATIO_METRICS = [
     ("S6", "many"),
 ]
 PEERS = ["redis", "redis-aof", "nats", "nats-sync", "null"]
+OURS = ["tcpmq", "tcpmq-never", "tcpmq-redis", "tcpmq-redis-mem", "tcpmq-redis-x2"]
+# The shared Redis store against the Redis it stands on (same persistence),
+# two nodes against one, and one node against the local log store.
+STORE_PAIRS = [
+    ("tcpmq-redis", "redis-aof"),
+    ("tcpmq-redis-mem", "redis"),
+    ("tcpmq-redis-x2", "tcpmq-redis"),
+    ("tcpmq-redis", "tcpmq"),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +192,9 @@ def results_table(results: Results, failures: dict[str, set[str]], servers: list
 
 def ratio_table(results: Results, servers: list[str]) -> str:
     peers = [peer for peer in PEERS if peer in servers]
-    ours = [name for name in ("tcpmq", "tcpmq-never") if name in servers]
+    ours = [name for name in OURS if name in servers]
+    if not peers or not ours:
+        return "(no peer and tcpmq server both in this run)"
     label = {(m.scenario, m.key): m.label for m in METRICS}
     lines = ["| figure | tcpmq | " + " | ".join(f"÷ {peer}" for peer in peers) + " |"]
     lines.append("|---|---|" + "---:|" * len(peers))
@@ -198,6 +209,40 @@ def ratio_table(results: Results, servers: list[str]) -> str:
                 cells.append(f"{mine / theirs:.2f}x" if theirs else "—")
             lines.append(f"| {label[(scenario, key)]} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def store_table(results: Results, servers: list[str]) -> str:
+    """The pairs of STORE_PAIRS measured in this run, one column each; empty if none."""
+    pairs = [(mine, theirs) for mine, theirs in STORE_PAIRS if {mine, theirs} <= set(servers)]
+    if not pairs:
+        return ""
+    label = {(m.scenario, m.key): m.label for m in METRICS}
+    lines = ["| figure | " + " | ".join(f"{mine} ÷ {theirs}" for mine, theirs in pairs) + " |"]
+    lines.append("|---|" + "---:|" * len(pairs))
+    for scenario, key in RATIO_METRICS:
+        cells = []
+        for mine, theirs in pairs:
+            a = median(results, scenario, mine, key)
+            b = median(results, scenario, theirs, key)
+            cells.append(f"{a / b:.2f}x" if a is not None and b else "—")
+        if any(cell != "—" for cell in cells):
+            lines.append(f"| {label[(scenario, key)]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _store_section(results: Results, servers: list[str]) -> str:
+    table = store_table(results, servers)
+    if not table:
+        return ""
+    return f"""
+## The shared Redis store (ratio of medians, more is better)
+
+tcpmq-redis* against the Redis peer with the same persistence (whose lists
+do no acknowledgement), two nodes against one, one node against the log
+store. Their CPU and RSS figures include the redis-server under them.
+
+{table}
+"""
 
 
 def goal_table(results: Results) -> str:
@@ -338,7 +383,7 @@ other processes (more than {OTHER_MAX:.2f} cores) after {RETRIES} repeats.
 ## tcpmq against each peer (ratio of medians, more is better)
 
 {ratio_table(results, servers)}
-
+{_store_section(results, servers)}
 ## Goals
 
 {goal_table(results)}

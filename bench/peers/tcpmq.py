@@ -4,6 +4,11 @@ The first connection logs in as admin with the password and keeps the token;
 every other connection authenticates with a token. A user may hold at most
 1000 connections (`max_connections_per_user`), so many connections are spread
 over extra admin users, made once per server by `identities`.
+
+A server of several nodes (tcpmq-redis-x2) shares its users and token secret
+across them: each new connection goes to the next node in turn, so a
+publisher and its consumers, or the consumers of one queue, sit on
+different nodes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ ERROR = b'"ok":false'
 
 class TcpmqPeer:
     def __init__(self, server: Server) -> None:
-        self.port = server.port
+        self.ports = server.ports
+        self._next_node = 0
         self.password = server.password
         self.tokens: list[str] = []  # identity i authenticates with tokens[i]; 0 is admin
 
@@ -39,7 +45,9 @@ class TcpmqPeer:
         return str(reply["token"])
 
     async def open(self, identity: int = 0) -> Link:
-        link = await connect(self.port)
+        port = self.ports[self._next_node % len(self.ports)]
+        self._next_node += 1
+        link = await connect(port)
         await link.read(line_end)  # the hello
         if not self.tokens:
             self.tokens.append(await self._login(link, "admin"))
