@@ -299,3 +299,65 @@ async def test_two_nodes_on_a_three_master_cluster(tmp_path: Path) -> None:
             await on_a.ok("publish", channel="ch3", data="woken")
             reply = await asyncio.wait_for(on_b.recv(), REPLY_TIMEOUT)
             assert [m["data"] for m in reply["messages"]] == ["woken"]
+
+
+async def test_a_full_redis_refuses_publishes_while_consumers_drain_it(tmp_path: Path) -> None:
+    redis = start_redis(
+        tmp_path / "redis", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction"
+    )
+    try:
+        async with (
+            nodes(tmp_path, store_url(redis), 1) as (node,),
+            open_user_wire(node, "admin") as wire,
+        ):
+            await wire.ok("channel.create", name="c")
+            await wire.ok("subscribe", channel="c", ack_timeout=60)
+            body = "x" * 4000
+            published = 0
+            for _ in range(2000):  # 8 MB at most: past the 4 MB
+                reply = await wire.call("publish", channel="c", messages=[body] * 10)
+                if not reply["ok"]:
+                    break
+                published += 10
+            else:
+                pytest.fail("maxmemory never refused a publish")
+            assert reply["error"]["code"] == "limit_exceeded"
+            assert reply["error"]["limit"] == "max_memory_bytes"
+            # Consumers go on: pull, nack, pull again and ack all of it.
+            pulled = (await wire.ok("pull", channel="c", max=5))["messages"]
+            await wire.ok("nack", channel="c", ids=[m["id"] for m in pulled])
+            acked = 0
+            while acked < published:
+                batch = (await wire.ok("pull", channel="c", max=100))["messages"]
+                assert batch
+                acked += (await wire.ok("ack", channel="c", ids=[m["id"] for m in batch]))["acked"]
+            assert (await wire.ok("publish", channel="c", data="room again"))["queues"] == 1
+    finally:
+        redis.stop()
+
+
+async def test_wait_for_a_replica_confirms_writes_or_answers_unavailable(tmp_path: Path) -> None:
+    master = start_redis(tmp_path / "master")
+    replica = start_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port))
+    try:
+        with replica.client() as client:
+            # A bounded look for the replication link: nothing announces it.
+            for _ in range(500):
+                if client.info("replication").get("master_link_status") == "up":
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the replica never linked")
+        url = master.url(prefix="w:") + "&wait=1&wait_timeout=200"
+        async with nodes(tmp_path, url, 1) as (node,), open_user_wire(node, "admin") as wire:
+            await wire.ok("channel.create", name="c")
+            await wire.ok("subscribe", channel="c")
+            assert (await wire.ok("publish", channel="c", data=1))["message_ids"] == [1]
+            replica.stop()
+            error = await wire.error("publish", "unavailable", channel="c", data=2)
+            assert "0 of 1 replicas" in error["message"]
+            # Reads need no replica.
+            assert (await wire.ok("peek", channel="c", max=10))["messages"][0]["id"] == 1
+    finally:
+        replica.stop()
+        master.stop()

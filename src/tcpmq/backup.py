@@ -64,12 +64,17 @@ class Backups:
         """Write a backup of the broker's state into `path` (see the module docstring).
 
         Raises:
-            BadRequest: the memory store, or `path` not absolute, inside the
+            BadRequest: the memory or redis store, or `path` not absolute, inside the
                 data dir, or not usable as a directory.
             AlreadyExists: `path` holds files, or a backup into it runs.
             StorageFull: the disk of `path` is full.
         """
         if not isinstance(backend, LogBackend):
+            if backend.name == "redis":
+                raise BadRequest(
+                    "the redis store keeps its state in Redis: back up Redis (its RDB or "
+                    "AOF files, or BGSAVE), not a node"
+                )
             raise BadRequest(
                 "the memory store keeps nothing on disk, so there is nothing to back up; "
                 "back up a broker running with --store log"

@@ -81,7 +81,8 @@ def unavailable(exc: Exception) -> TcpmqError:
     """The broker's error for what redis-py raised."""
     text = str(exc)
     if isinstance(exc, rerr.ResponseError):
-        if text.startswith("OOM"):
+        # (redis-py takes the OOM prefix off into the class)
+        if isinstance(exc, rerr.OutOfMemoryError) or "maxmemory" in text:
             return LimitExceeded(
                 "the shared store is full (Redis maxmemory)", limit="max_memory_bytes", maximum=0
             )
@@ -138,7 +139,7 @@ class RedisBackend:
         # Per-user byte quotas need the owners' totals in the script's reach.
         self._accounts = "" if store.cluster else prefix + "{dir}:held"
         self._scripts = {
-            name: client.register_script(scripts.PRELUDE + getattr(scripts, name))
+            name: client.register_script(scripts.source(name))
             for name in (
                 "PUBLISH", "PULL", "PEEK", "ACK", "NACK", "EXPIRE", "PURGE", "DELETE_QUEUE",
                 "DELETE_CHANNEL", "FORGET_USER", "CREATE_CHANNEL", "CHANNEL_GET",
@@ -169,8 +170,24 @@ class RedisBackend:
 
     async def _run(self, name: str, channel: str, *args: object) -> list[Any]:
         """Run a channel script; its result after the status, or raise its error."""
+        script = self._scripts[name]
+        keys = [self._meta(channel)]
+        replicas = self.store.wait_replicas
         try:
-            reply = await self._scripts[name](keys=[self._meta(channel)], args=list(args))
+            if not replicas or name in scripts.READ_ONLY:
+                reply = await script(keys=keys, args=list(args))
+            else:
+                # WAIT covers the writes of its own connection: one pipeline.
+                pipe = self.client.pipeline(transaction=False)
+                await script(keys=keys, args=list(args), client=pipe)
+                pipe.wait(replicas, self.store.wait_timeout_ms)
+                reply, confirmed = await pipe.execute()
+                if confirmed < replicas and reply[0] == 1:
+                    raise Unavailable(
+                        f"written on the Redis master, but {confirmed} of {replicas} replicas "
+                        f"confirmed it within {self.store.wait_timeout_ms} ms: it may not "
+                        "survive a failover"
+                    )
         except rerr.RedisError as exc:
             raise unavailable(exc) from exc
         if reply[0] == 1:

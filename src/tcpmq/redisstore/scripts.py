@@ -750,3 +750,20 @@ end
 if inherited > 0 then redis.call('HINCRBY', D .. 'owned', heir, inherited) end
 return {1}
 """
+
+
+#: Scripts that only free memory (or move what is there): they must run when
+#: Redis is at `maxmemory`, so that consumers can drain a full store.
+FREEING = frozenset(
+    {"ACK", "NACK", "EXPIRE", "PURGE", "DELETE_QUEUE", "DELETE_CHANNEL", "FORGET_USER"}
+)
+
+
+#: Scripts that change nothing (no WAIT for replicas after them).
+READ_ONLY = frozenset({"PEEK", "CHANNEL_GET", "CHANNEL_DETAIL", "QUEUE_GET"})
+
+
+def source(name: str) -> str:
+    """The full source of a channel script."""
+    flags = "#!lua flags=allow-oom\n" if name in FREEING else ""
+    return flags + PRELUDE + globals()[name]

@@ -27,12 +27,17 @@ class RedisStore:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     prefix: str = DEFAULT_PREFIX
+    # `?wait=N`: a write is confirmed only once N replicas have it (Redis WAIT),
+    # within `?wait_timeout=MS`; otherwise the request answers `unavailable`.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
     def __str__(self) -> str:
         scheme = ("rediss" if self.tls else "redis") + ("+cluster" if self.cluster else "")
         hosts = ",".join(f"{host}:{port}" for host, port in self.nodes)
         db = "" if self.cluster else f"/{self.db}"
-        return f"{scheme}://{hosts}{db}?prefix={self.prefix}"
+        wait = f"&wait={self.wait_replicas}" if self.wait_replicas else ""
+        return f"{scheme}://{hosts}{db}?prefix={self.prefix}{wait}"
 
 
 def is_redis_url(text: str) -> bool:
@@ -48,12 +53,18 @@ def parse_redis_url(text: str) -> RedisStore:
         )
     rest, _, query = rest.partition("?")
     params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(params) - {"prefix"}
+    unknown = set(params) - {"prefix", "wait", "wait_timeout"}
     if unknown:
         raise ValueError(f"unknown store URL parameter(s): {', '.join(sorted(unknown))}")
     prefix = params.get("prefix", [DEFAULT_PREFIX])[-1]
     if not _PREFIX.fullmatch(prefix):
         raise ValueError("prefix must be 1-64 characters of letters, digits and _ . : -")
+    wait, wait_timeout = (
+        _number(params, "wait", 0, 0, 16),
+        _number(params, "wait_timeout", 1000, 1, 60_000),
+    )
+    if wait and scheme.endswith("+cluster"):
+        raise ValueError("wait= is for one master and its replicas, not a Redis Cluster")
     username = password = None
     if "@" in rest:
         userinfo, rest = rest.rsplit("@", 1)
@@ -88,4 +99,15 @@ def parse_redis_url(text: str) -> RedisStore:
         username=username,
         password=password,
         prefix=prefix,
+        wait_replicas=wait,
+        wait_timeout_ms=wait_timeout,
     )
+
+
+def _number(params: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    if name not in params:
+        return default
+    text = params[name][-1]
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, not {text!r}")
+    return int(text)
