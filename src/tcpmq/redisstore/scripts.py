@@ -766,4 +766,5 @@ READ_ONLY = frozenset({"PEEK", "CHANNEL_GET", "CHANNEL_DETAIL", "QUEUE_GET"})
 def source(name: str) -> str:
     """The full source of a channel script."""
     flags = "#!lua flags=allow-oom\n" if name in FREEING else ""
-    return flags + PRELUDE + globals()[name]
+    body: str = globals()[name]
+    return flags + PRELUDE + body
