@@ -98,9 +98,9 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def load_or_create_secret(data_dir: Path) -> bytes:
-    """The token-signing key of this data directory, created on first use."""
-    path = data_dir / SECRET_FILE
+def load_or_create_secret(data_dir: Path, path: Path | None = None) -> bytes:
+    """The token-signing key of this data directory (or in `path`), created on first use."""
+    path = data_dir / SECRET_FILE if path is None else path
     if path.exists():
         key = bytes.fromhex(path.read_text().strip())
         if len(key) < _SECRET_BYTES:

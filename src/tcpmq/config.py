@@ -293,6 +293,9 @@ class ServerConfig:
     # instead of $TCPMQ_ADMIN_PASSWORD: a systemd credential
     # ($CREDENTIALS_DIRECTORY/admin-password) keeps it out of the environment.
     admin_password_file: Path | None = None
+    # The token-signing secret's file (hex, mode 0600; made if missing), instead
+    # of the data dir's `secret`: every node of a shared store is given the same.
+    secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
@@ -302,6 +305,11 @@ class ServerConfig:
                     f"not {self.store!r}"
                 )
             parse_redis_url(self.store)  # ValueError, saying what is wrong
+        if self.secret_file is not None and self.store in STORES:
+            raise ConfigError(
+                "secret_file is for nodes of a redis store; the log and memory stores keep "
+                "their own secret"
+            )
         if self.default_channel_access not in CHANNEL_ACCESS:
             raise ConfigError(
                 f"default_channel_access must be private or public, "

@@ -207,6 +207,13 @@ def add_serve(commands: argparse._SubParsersAction[Any]) -> None:
         help="the first admin's password is this file's first line "
         "(instead of $TCPMQ_ADMIN_PASSWORD; e.g. a systemd credential)",
     )
+    serve.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="the token-signing secret (hex, mode 0600; made if missing) instead of the "
+        "data dir's; give every node of a redis store the same one",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {LogConfig().level}")
     serve.add_argument(
         "--log-format",

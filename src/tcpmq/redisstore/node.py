@@ -17,13 +17,14 @@ async def open_redis_store(
 ) -> tuple[RedisBackend, UserDirectory]:
     """Connect, check the token secret against the store's, start listening for wakes.
 
-    The secret is the node's own file (the data dir's `secret`, mode 0600):
-    every node of a cluster is given the same one, and Redis never holds it.
+    The secret is the node's own file (`secret_file`, else the data dir's
+    `secret`; mode 0600): every node of a cluster is given the same one, and
+    Redis never holds it.
 
     Raises: Unavailable (Redis does not answer); ValueError (another secret).
     """
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    secret = load_or_create_secret(config.data_dir)
+    secret = load_or_create_secret(config.data_dir, config.secret_file)
     client = connect(store)
     backend = RedisBackend(client, store, config.limits, loop)
     try:

@@ -35,6 +35,49 @@ local function release(id)
   end
   return headlen(id, tail)
 end
+-- The same for many ids at once (a few calls, not a few per id); returns
+-- the heads' total length.
+local function release_all(ids)
+  if #ids == 0 then return 0 end
+  local tails = redis.call('HMGET', P .. 'b', unpack(ids))
+  local refs = redis.call('HMGET', P .. 'r', unpack(ids))
+  local gone, kept, counted, total = {}, {}, {}, 0
+  for i, id in ipairs(ids) do
+    if tails[i] then
+      total = total + headlen(id, tails[i])
+      local left = (tonumber(refs[i]) or 1) - 1
+      if left <= 0 then
+        gone[#gone + 1] = id
+        if refs[i] then counted[#counted + 1] = id end
+      else
+        kept[#kept + 1] = id
+        kept[#kept + 1] = left
+      end
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', P .. 'b', unpack(gone)) end
+  if #counted > 0 then redis.call('HDEL', P .. 'r', unpack(counted)) end
+  if #kept > 0 then redis.call('HSET', P .. 'r', unpack(kept)) end
+  return total
+end
+-- In flight: the set `Q i` of ids (an intset while small: cheap to add to and
+-- look up, where a sorted set of deadlines costs O(n) per member while it is a
+-- listpack). Deadlines are per pull: `Q d` scores each pull's `seq` by its
+-- deadline, `Q b<seq>` holds the ids it delivered, and `Q rb` names the pull
+-- of a message delivered again (a nack or timeout and a new pull), so that the
+-- earlier pull's deadline passes it by.
+local function forget_pulls(Q)
+  local seqs = redis.call('ZRANGE', Q .. 'd', 0, -1)
+  for _, seq in ipairs(seqs) do redis.call('DEL', Q .. 'b' .. seq) end
+  redis.call('DEL', Q .. 'd', Q .. 'rb')
+end
+local function settled(Q)
+  if redis.call('SCARD', Q .. 'i') == 0 then forget_pulls(Q) end
+end
+-- Deliveries so far of a message delivered before (a missing count means 1).
+local function attempts(Q, id)
+  return tonumber(redis.call('HGET', Q .. 'a', id) or 1)
+end
 local function num(v, default)
   if v == false or v == nil or v == '' then return default end
   return tonumber(v)
@@ -70,7 +113,7 @@ local function qview(name, quid, mq, mb)
   local r0 = redis.call('ZRANGE', Q .. 'r', 0, 0)
   local f0 = redis.call('LRANGE', Q .. 'f', 0, 0)
   local cands = {r0[1], f0[1]}
-  for _, c in ipairs(redis.call('ZRANGE', Q .. 'i', 0, -1)) do
+  for _, c in ipairs(redis.call('SMEMBERS', Q .. 'i')) do
     if cands[3] == nil or tonumber(c) < tonumber(cands[3]) then cands[3] = c end
   end
   for _, c in pairs(cands) do
@@ -80,7 +123,7 @@ local function qview(name, quid, mq, mb)
   if oldest then tail = redis.call('HGET', P .. 'b', oldest) or '' end
   return {name, f[1], f[2], f[3],
     redis.call('LLEN', Q .. 'f') + redis.call('ZCARD', Q .. 'r'),
-    redis.call('ZCARD', Q .. 'i'), tail, redis.call('ZCARD', Q .. 'r'), f[4],
+    redis.call('SCARD', Q .. 'i'), tail, redis.call('ZCARD', Q .. 'r'), f[4],
     effective(f[5], mq), effective(f[6], mb), tonumber(f[7] or 0), quid}
 end
 local function cview(meta)
@@ -153,12 +196,17 @@ redis.call('HSET', KEYS[1], 'last', last)
 redis.call('HINCRBY', KEYS[1], 'published', count)
 local fanout = #queues
 if fanout == 0 then return {1, first, 0} end
-local ids = {}
+local ids, bodies, refs = {}, {}, {}
 for i = 1, count do
   ids[i] = first + i - 1
-  redis.call('HSET', P .. 'b', ids[i], tails[i])
-  if fanout > 1 then redis.call('HSET', P .. 'r', ids[i], fanout) end
+  bodies[#bodies + 1] = ids[i]
+  bodies[#bodies + 1] = tails[i]
+  refs[#refs + 1] = ids[i]
+  refs[#refs + 1] = fanout
 end
+redis.call('HSET', P .. 'b', unpack(bodies))
+-- A missing count means 1: a channel with one queue writes none.
+if fanout > 1 then redis.call('HSET', P .. 'r', unpack(refs)) end
 for _, q in ipairs(queues) do
   if not q.over then
     redis.call('RPUSH', q.key .. 'f', unpack(ids))
@@ -168,7 +216,7 @@ for _, q in ipairs(queues) do
   else
     -- Message by message, as if published one by one (Broker._overflow).
     local drop_oldest = q.overflow == 'drop_oldest'
-    local inflight = redis.call('ZCARD', q.key .. 'i')
+    local inflight = redis.call('SCARD', q.key .. 'i')
     local free = free_of(q.owner)
     local dropped, delta = 0, 0
     local function fits(len)
@@ -245,13 +293,13 @@ PULL = _owned_queue(
     + r"""
 local count = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
-local room = tonumber(ARGV[6]) - redis.call('ZCARD', Q .. 'i')
+local room = tonumber(ARGV[6]) - redis.call('SCARD', Q .. 'i')
 if room < count then count = room end
 local now = now_ms()
 if count <= 0 then return {1, now, 0} end
 local deadline = now + math.floor(tonumber(redis.call('HGET', Q, 'ack_timeout')) * 1000)
 local out = {1, now, deadline}
-local taken = {}
+local taken, again = {}, {}
 local retry = redis.call('ZRANGE', Q .. 'r', 0, count - 1)
 for _, id in ipairs(retry) do
   local tail = redis.call('HGET', P .. 'b', id)
@@ -259,7 +307,9 @@ for _, id in ipairs(retry) do
   if #taken > 0 and size > budget then break end
   budget = budget - size
   redis.call('ZREM', Q .. 'r', id)
-  local attempt = redis.call('HINCRBY', Q .. 'a', id, 1)
+  local attempt = attempts(Q, id) + 1
+  redis.call('HSET', Q .. 'a', id, attempt)
+  again[#again + 1] = id
   taken[#taken + 1] = id
   out[#out + 1] = id
   out[#out + 1] = attempt
@@ -280,18 +330,16 @@ if want > 0 and #taken == #retry then
       out[#out + 1] = id
       out[#out + 1] = 1
       out[#out + 1] = tails[i]
-      redis.call('HSET', Q .. 'a', id, 1)
     end
     if n > 0 then redis.call('LTRIM', Q .. 'f', n, -1) end
   end
 end
 if #taken > 0 then
-  local args = {}
-  for _, id in ipairs(taken) do
-    args[#args + 1] = deadline
-    args[#args + 1] = id
-  end
-  redis.call('ZADD', Q .. 'i', unpack(args))
+  local seq = redis.call('HINCRBY', Q, 'seq', 1)
+  redis.call('SADD', Q .. 'i', unpack(taken))
+  redis.call('SADD', Q .. 'b' .. seq, unpack(taken))
+  redis.call('ZADD', Q .. 'd', deadline, seq)
+  for _, id in ipairs(again) do redis.call('HSET', Q .. 'rb', id, seq) end
   redis.call('HINCRBY', Q, 'delivered', #taken)
 end
 return out
@@ -318,7 +366,7 @@ local function add(id, attempt, tail)
 end
 local retry = redis.call('ZRANGE', Q .. 'r', 0, count - 1)
 for _, id in ipairs(retry) do
-  if not add(id, tonumber(redis.call('HGET', Q .. 'a', id) or 0) + 1,
+  if not add(id, attempts(Q, id) + 1,
       redis.call('HGET', P .. 'b', id)) then return out end
 end
 if count - n > 0 then
@@ -339,20 +387,28 @@ ACK = _owned_queue(
     _OWNER_ONLY
     + r"""
 local accounts = ARGV[4]
-local was_full = redis.call('ZCARD', Q .. 'i') >= tonumber(ARGV[5])
-local acked, freed = 0, 0
+local was_full = redis.call('SCARD', Q .. 'i') >= tonumber(ARGV[5])
+local ids, seen = {}, {}
 local unknown = {}
 for i = 6, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', Q .. 'i', id) == 1 then
-    redis.call('HDEL', Q .. 'a', id)
-    freed = freed + release(id)
-    acked = acked + 1
-  else
-    unknown[#unknown + 1] = id
+  if seen[id] then unknown[#unknown + 1] = id else
+    seen[id] = true
+    ids[#ids + 1] = id
   end
 end
+local member = redis.call('SMISMEMBER', Q .. 'i', unpack(ids))
+local found = {}
+for i, id in ipairs(ids) do
+  if member[i] == 1 then found[#found + 1] = id else unknown[#unknown + 1] = id end
+end
+local acked, freed = #found, 0
 if acked > 0 then
+  redis.call('SREM', Q .. 'i', unpack(found))
+  redis.call('HDEL', Q .. 'a', unpack(found))
+  if redis.call('EXISTS', Q .. 'rb') == 1 then redis.call('HDEL', Q .. 'rb', unpack(found)) end
+  settled(Q)
+  freed = release_all(found)
   redis.call('HINCRBY', Q, 'held', 0 - acked)
   redis.call('HINCRBY', Q, 'held_bytes', 0 - freed)
   redis.call('HINCRBY', Q, 'acked', acked)
@@ -371,14 +427,18 @@ local requeued = 0
 local unknown = {}
 for i = 4, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', Q .. 'i', id) == 1 then
+  if redis.call('SREM', Q .. 'i', id) == 1 then
     redis.call('ZADD', Q .. 'r', id, id)
+    redis.call('HDEL', Q .. 'rb', id)
     requeued = requeued + 1
   else
     unknown[#unknown + 1] = id
   end
 end
-if requeued > 0 then wake() end
+if requeued > 0 then
+  settled(Q)
+  wake()
+end
 return {1, requeued, unknown}
 """
 )
@@ -391,13 +451,25 @@ local expired, next_at = 0, -1
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0, -1, now} end
 for _, quid in ipairs(redis.call('HVALS', P .. 'qs')) do
   local Q = qkey(quid)
-  local due = redis.call('ZRANGEBYSCORE', Q .. 'i', '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', Q .. 'i', id)
-    redis.call('ZADD', Q .. 'r', id, id)
+  for _, seq in ipairs(redis.call('ZRANGEBYSCORE', Q .. 'd', '-inf', now, 'LIMIT', 0, 100)) do
+    local ids = redis.call('SMEMBERS', Q .. 'b' .. seq)
+    if #ids > 0 then
+      local member = redis.call('SMISMEMBER', Q .. 'i', unpack(ids))
+      for i, id in ipairs(ids) do
+        -- Still in flight from this pull (not delivered again since)?
+        if member[i] == 1 and (redis.call('HGET', Q .. 'rb', id) or seq) == seq then
+          redis.call('SREM', Q .. 'i', id)
+          redis.call('HDEL', Q .. 'rb', id)
+          redis.call('ZADD', Q .. 'r', id, id)
+          expired = expired + 1
+        end
+      end
+    end
+    redis.call('DEL', Q .. 'b' .. seq)
+    redis.call('ZREM', Q .. 'd', seq)
   end
-  expired = expired + #due
-  local first = redis.call('ZRANGE', Q .. 'i', 0, 0, 'WITHSCORES')
+  settled(Q)
+  local first = redis.call('ZRANGE', Q .. 'd', 0, 0, 'WITHSCORES')
   if first[2] then
     local at = tonumber(first[2])
     if next_at < 0 or at < next_at then next_at = at end
@@ -413,14 +485,14 @@ local qname, user, admin, accounts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local quid = redis.call('HGET', P .. 'qs', qname)
 local Q = qkey(quid)
 local freed, n = 0, 0
-for _, id in ipairs(redis.call('ZRANGE', Q .. 'r', 0, -1)) do
-  redis.call('HDEL', Q .. 'a', id)
-  freed = freed + release(id)
-  n = n + 1
-end
-for _, id in ipairs(redis.call('LRANGE', Q .. 'f', 0, -1)) do
-  freed = freed + release(id)
-  n = n + 1
+local retry = redis.call('ZRANGE', Q .. 'r', 0, -1)
+if #retry > 0 then redis.call('HDEL', Q .. 'a', unpack(retry)) end
+for _, ids in ipairs({retry, redis.call('LRANGE', Q .. 'f', 0, -1)}) do
+  -- In chunks: unpack takes a few thousand values at most.
+  for start = 1, #ids, 1000 do
+    freed = freed + release_all({unpack(ids, start, math.min(start + 999, #ids))})
+  end
+  n = n + #ids
 end
 redis.call('DEL', Q .. 'r', Q .. 'f')
 redis.call('HINCRBY', Q, 'held', 0 - n)
@@ -437,9 +509,13 @@ local function drop_queue(qname, accounts)
   local Q = qkey(quid)
   local owner = redis.call('HGET', Q, 'owner')
   local freed = 0
-  for _, id in ipairs(redis.call('ZRANGE', Q .. 'r', 0, -1)) do freed = freed + release(id) end
-  for _, id in ipairs(redis.call('ZRANGE', Q .. 'i', 0, -1)) do freed = freed + release(id) end
-  for _, id in ipairs(redis.call('LRANGE', Q .. 'f', 0, -1)) do freed = freed + release(id) end
+  forget_pulls(Q)
+  for _, ids in ipairs({redis.call('ZRANGE', Q .. 'r', 0, -1), redis.call('SMEMBERS', Q .. 'i'),
+      redis.call('LRANGE', Q .. 'f', 0, -1)}) do
+    for start = 1, #ids, 1000 do
+      freed = freed + release_all({unpack(ids, start, math.min(start + 999, #ids))})
+    end
+  end
   redis.call('DEL', Q, Q .. 'r', Q .. 'i', Q .. 'f', Q .. 'a')
   redis.call('HDEL', P .. 'qs', qname)
   account(accounts, owner, 0 - freed)
