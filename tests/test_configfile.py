@@ -44,6 +44,9 @@ def test_every_field_of_every_section_is_settable_in_the_file(tmp_path: Path) ->
         "metrics_listen": "127.0.0.1:9878",
         "metrics_token_file": "/run/metrics-token",
         "default_channel_access": "public",
+        # A node of a shared store: the one store a secret file is for.
+        "store": "redis://127.0.0.1:6379/0?prefix=t:",
+        "secret_file": "/run/secret",
     }
     lines, expected = [], {}
     defaults = configfile.flatten(ServerConfig())

@@ -34,7 +34,7 @@ from conftest import (
     until_pull_waits,
 )
 from redisserver import RedisServer, redis_server_path, running_cluster, start_redis
-from tcpmq.config import ServerConfig
+from tcpmq.config import ConfigError, ServerConfig
 from tcpmq.server import Server
 
 pytestmark = pytest.mark.skipif(
@@ -229,6 +229,7 @@ async def test_a_node_killed_mid_load_loses_nothing_acknowledged(
         finally:
             process.send_signal(signal.SIGKILL)
             await process.wait()
+        victim.writer.close()
         # The survivor delivers every confirmed message not acked: the in-flight
         # ones after their ack timeout, with their next attempt; never an acked one.
         seen: dict[int, int] = {}
@@ -361,3 +362,19 @@ async def test_wait_for_a_replica_confirms_writes_or_answers_unavailable(tmp_pat
     finally:
         replica.stop()
         master.stop()
+
+
+async def test_nodes_given_one_secret_file_share_tokens(tmp_path: Path, shared: str) -> None:
+    secret = tmp_path / "etc" / "secret"
+    secret.parent.mkdir()
+    configs = [
+        dataclasses.replace(node_config(tmp_path / name, shared), secret_file=secret)
+        for name in ("a", "b")
+    ]
+    async with serving(configs[0]) as a, serving(configs[1]) as b:
+        assert secret.stat().st_mode & 0o777 == 0o600  # made by the first node
+        assert not (tmp_path / "a" / "secret").exists()
+        async with open_wire(b) as wire:
+            assert (await wire.ok("auth", token=a.mint_token("admin")))["user"] == "admin"
+    with pytest.raises(ConfigError, match="secret_file"):
+        ServerConfig(store="log", secret_file=secret)

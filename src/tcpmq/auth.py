@@ -101,14 +101,30 @@ def write_private_file(path: Path, data: bytes) -> None:
 def load_or_create_secret(data_dir: Path, path: Path | None = None) -> bytes:
     """The token-signing key of this data directory (or in `path`), created on first use."""
     path = data_dir / SECRET_FILE if path is None else path
-    if path.exists():
-        key = bytes.fromhex(path.read_text().strip())
-        if len(key) < _SECRET_BYTES:
-            raise ValueError(f"{path}: secret is shorter than {_SECRET_BYTES} bytes")
-        return key
-    key = secrets.token_bytes(_SECRET_BYTES)
-    write_private_file(path, key.hex().encode() + b"\n")
+    if not path.exists():
+        _create_once(path, secrets.token_bytes(_SECRET_BYTES).hex().encode() + b"\n")
+    key = bytes.fromhex(path.read_text().strip())
+    if len(key) < _SECRET_BYTES:
+        raise ValueError(f"{path}: secret is shorter than {_SECRET_BYTES} bytes")
     return key
+
+
+def _create_once(path: Path, data: bytes) -> None:
+    """Create `path` (0600) holding `data`, unless another process made it first.
+
+    Nodes started together on one secret file must all end up with the same
+    secret: the file appears whole (linked from a private temporary file) and
+    the first one wins.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    write_private_file(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process's secret, whole: use it
+    finally:
+        tmp.unlink()
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,7 +194,12 @@ class Server:
         store = parse_redis_url(config.store) if is_redis_url(config.store) else None
         if store is not None:
             # Imported here: redis-py is needed only by the redis store (tcpmq[redis]).
-            from .redisstore.node import open_redis_store
+            try:
+                from .redisstore.node import open_redis_store
+            except ImportError as exc:
+                raise ConfigError(
+                    f"the redis store needs the redis client ({exc}): pip install 'tcpmq[redis]'"
+                ) from None
 
             backend_store, users = await open_redis_store(store, config, loop)
         else:

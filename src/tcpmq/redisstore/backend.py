@@ -154,7 +154,6 @@ class RedisBackend:
         self.waits = Wakes(self)
         self._hinted: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._pubsub: Any = None
         self._closed = False
         self._admins: set[str] = set()
         #: This node's traffic since start (stats.Counters).
@@ -203,9 +202,9 @@ class RedisBackend:
     def _error(self, channel: str, reply: list[Any]) -> TcpmqError:
         code, text, limit, most = reply[1], reply[2], reply[3], reply[4]
         if code == "not_found":
-            if text.startswith("channel"):
-                return NotFound(f"channel {channel!r} does not exist")
-            return NotFound(f"queue does not exist in channel {channel!r}")
+            if text == "queue":
+                return NotFound(f"queue {limit!r} does not exist in channel {channel!r}")
+            return NotFound(f"channel {channel!r} does not exist")
         if code == "forbidden":
             return Forbidden(text)
         if code in ("forbidden_publish", "forbidden_subscribe"):
@@ -225,8 +224,7 @@ class RedisBackend:
                 maximum=self.limits.max_frame_bytes,
             )
         if code == "full":
-            return LimitExceeded(f"{text.replace('queue ', 'queue ', 1)!s} is full",
-                                 limit=limit, maximum=int(most))  # fmt: skip
+            return LimitExceeded(f"queue {text!r} is full", limit=limit, maximum=int(most))
         if code == "user_full":
             owner, _, queue = text.partition("\0")
             return LimitExceeded(
@@ -542,12 +540,7 @@ class RedisBackend:
     async def _managed(
         self, channel: str, queue: str, user: str, admin: bool, what: str
     ) -> dict[str, object]:
-        try:
-            channel_owner, (found,) = await self._queues(channel, queue, time.time())
-        except NotFound as exc:
-            if "queue" in exc.message:
-                raise NotFound(f"queue {queue!r} does not exist in channel {channel!r}") from None
-            raise
+        channel_owner, (found,) = await self._queues(channel, queue, time.time())
         if not (admin or found["owner"] == user or channel_owner == user):
             raise Forbidden(f"only the queue's owner, the channel's owner or an admin may {what}")
         return found
@@ -604,8 +597,6 @@ class RedisBackend:
         self._admins.discard(name)
 
     # -- messages ---------------------------------------------------------------
-
-    sync_publish = False
 
     async def publish(
         self,
@@ -874,7 +865,6 @@ class Wakes:
         self._backend = backend
         self._waiting: dict[str, deque[RedisPull]] = {}
         self.listening = asyncio.Event()
-        self._pubsub: Any = None
 
     def add(self, pull: RedisPull) -> None:
         self._waiting.setdefault(pull.channel, deque()).append(pull)

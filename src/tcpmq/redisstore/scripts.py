@@ -179,9 +179,9 @@ for i = 1, #names, 2 do
   if q.held + count > q.maxm or q.bytes + total > q.maxb or (free ~= nil and total > free) then
     if q.overflow == 'reject' then
       if q.held + count > q.maxm then
-        return fail('full', 'queue ' .. q.name, 'max_queue_messages', q.maxm)
+        return fail('full', q.name, 'max_queue_messages', q.maxm)
       elseif q.bytes + total > q.maxb then
-        return fail('full', 'queue ' .. q.name, 'max_queue_bytes', q.maxb)
+        return fail('full', q.name, 'max_queue_bytes', q.maxb)
       end
       return fail('user_full', q.owner .. '\0' .. q.name, 'max_queued_bytes_per_user', quota)
     end
@@ -272,7 +272,7 @@ local qname, user, admin = ARGV[1], ARGV[2], ARGV[3]
 local quid = redis.call('HGET', P .. 'qs', qname)
 if not quid then
   if redis.call('EXISTS', KEYS[1]) == 0 then return fail('not_found', 'channel does not exist') end
-  return fail('not_found', 'queue does not exist')
+  return fail('not_found', 'queue', qname)
 end
 local Q = qkey(quid)
 local qowner = redis.call('HGET', Q, 'owner')
@@ -528,7 +528,7 @@ DELETE_QUEUE = (
     _DROP_QUEUE
     + r"""
 local owner = drop_queue(ARGV[1], ARGV[2])
-if not owner then return fail('not_found', 'queue does not exist') end
+if not owner then return fail('not_found', 'queue', ARGV[1]) end
 return {1, owner}
 """
 )
@@ -603,7 +603,7 @@ local mq, mb = tonumber(ARGV[2]), tonumber(ARGV[3])
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if ARGV[1] ~= '' then
   local quid = redis.call('HGET', P .. 'qs', ARGV[1])
-  if not quid then return fail('not_found', 'queue does not exist') end
+  if not quid then return fail('not_found', 'queue', ARGV[1]) end
   return {1, owner, {qview(ARGV[1], quid, mq, mb)}}
 end
 local queues = {}
@@ -764,7 +764,7 @@ local mq, mb = tonumber(ARGV[7]), tonumber(ARGV[8])
 m_owner = redis.call('HGET', KEYS[1], 'owner')
 if not m_owner then return fail('not_found', 'channel does not exist') end
 local quid = redis.call('HGET', P .. 'qs', qname)
-if not quid then return fail('not_found', 'queue does not exist') end
+if not quid then return fail('not_found', 'queue', qname) end
 Q = qkey(quid)
 local refused = configure(4, mq, mb)
 if refused then return refused end
