@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..pending import Pending, Result
 from . import scripts
+from .link import RedisLink, ReplyError, Script
 from .url import RedisStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,17 @@ def connect(store: RedisStore) -> Any:
         return RedisCluster(startup_nodes=nodes, **common)
     host, port = store.nodes[0]
     return aioredis.Redis(host=host, port=port, db=store.db, **common)
+
+
+def reply_error(text: str) -> TcpmqError:
+    """The broker's error for an error reply of Redis (`OOM ...`, `LOADING ...`)."""
+    if text.startswith("OOM") or "maxmemory" in text:
+        return LimitExceeded(
+            "the shared store is full (Redis maxmemory)", limit="max_memory_bytes", maximum=0
+        )
+    if text.startswith("MISCONF"):
+        return StorageFull("the shared store cannot write its data to disk (Redis MISCONF)")
+    return Unavailable(f"the shared store cannot take the request now ({text})")
 
 
 def unavailable(exc: Exception) -> TcpmqError:
@@ -151,6 +163,11 @@ class RedisBackend:
             name: client.register_script(getattr(scripts, name))
             for name in ("RESERVE", "RELEASE", "FORGET_OWNER")
         }
+        # One Redis: the scripts go over a pipelined link of our own (link.py);
+        # a Cluster's slots need redis-py's cluster client.
+        self._link = None if store.cluster else RedisLink(store, CALL_TIMEOUT)
+        self._link_scripts = {name: Script(scripts.source(name)) for name in self._scripts}
+        self._link_directory = {name: Script(getattr(scripts, name)) for name in self._directory}
         self.waits = Wakes(self)
         self._hinted: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -169,6 +186,11 @@ class RedisBackend:
 
     async def _run(self, name: str, channel: str, *args: object) -> list[Any]:
         """Run a channel script; its result after the status, or raise its error."""
+        if self._link is not None:
+            reply = await self._link_run(name, channel, args)
+            if reply[0] == 1:
+                return list(reply[1:])
+            raise self._error(channel, [v if isinstance(v, int) else _decode(v) for v in reply])
         script = self._scripts[name]
         keys = [self._meta(channel)]
         replicas = self.store.wait_replicas
@@ -193,7 +215,30 @@ class RedisBackend:
             return list(reply[1:])
         raise self._error(channel, [_decode(v) if not isinstance(v, int) else v for v in reply])
 
+    async def _link_run(self, name: str, channel: str, args: tuple[object, ...]) -> Any:
+        assert self._link is not None
+        link = self._link
+        reply = await link.run(self._link_scripts[name], [self._meta(channel)], list(args))
+        if isinstance(reply, ReplyError):
+            raise reply_error(str(reply))
+        replicas = self.store.wait_replicas
+        if replicas and reply[0] == 1 and name not in scripts.READ_ONLY:
+            # WAIT covers the writes made on its connection so far, this one's included.
+            confirmed = await link.call("WAIT", replicas, self.store.wait_timeout_ms)
+            if isinstance(confirmed, ReplyError) or confirmed < replicas:
+                raise Unavailable(
+                    f"written on the Redis master, but {confirmed} of {replicas} replicas "
+                    f"confirmed it within {self.store.wait_timeout_ms} ms: it may not "
+                    "survive a failover"
+                )
+        return reply
+
     async def _directory_call(self, name: str, *args: object) -> list[Any]:
+        if self._link is not None:
+            reply = await self._link.run(self._link_directory[name], [self._dir], list(args))
+            if isinstance(reply, ReplyError):
+                raise reply_error(str(reply))
+            return list(reply)
         try:
             return list(await self._directory[name](keys=[self._dir], args=list(args)))
         except rerr.RedisError as exc:
@@ -749,6 +794,8 @@ class RedisBackend:
             with contextlib.suppress(BaseException):
                 await task
         self.waits.close()
+        if self._link is not None:
+            await self._link.close()
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
