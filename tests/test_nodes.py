@@ -35,6 +35,7 @@ from conftest import (
 )
 from redisserver import RedisServer, redis_server_path, running_cluster, start_redis
 from tcpmq.config import ConfigError, ServerConfig
+from tcpmq.redisstore import backend as backend_module
 from tcpmq.server import Server
 
 pytestmark = pytest.mark.skipif(
@@ -112,8 +113,10 @@ async def test_fan_out_and_competing_consumers_across_nodes(tmp_path: Path, shar
 
 
 async def test_a_pull_waiting_on_one_node_wakes_on_a_publish_through_another(
-    tmp_path: Path, shared: str
+    tmp_path: Path, shared: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No safety-net repoll within the test: only the wake can answer the pull.
+    monkeypatch.setattr(backend_module, "REPOLL_PERIOD", 3600.0)
     async with (
         nodes(tmp_path, shared, 3) as (a, b, c),
         open_user_wire(a, "admin") as on_a,

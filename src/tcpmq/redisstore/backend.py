@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -55,6 +56,9 @@ SWEEP_PERIOD = 10.0
 #: Waiting pulls look again this often, in case a wake was lost (pub/sub is
 #: at most once: a reconnect drops what was sent meanwhile).
 REPOLL_PERIOD = 1.0
+#: How long the store keeps waking a node's pulls on a channel after the node
+#: said it has some (renewed at half of it while pulls wait there).
+WAKE_INTEREST = 60.0
 #: One call to Redis may take this long before the request answers `unavailable`.
 CALL_TIMEOUT = 2.0
 
@@ -154,7 +158,7 @@ class RedisBackend:
             name: client.register_script(scripts.source(name))
             for name in (
                 "PUBLISH", "PULL", "PEEK", "ACK", "NACK", "EXPIRE", "PURGE", "DELETE_QUEUE",
-                "DELETE_CHANNEL", "FORGET_USER", "CREATE_CHANNEL", "CHANNEL_GET",
+                "DELETE_CHANNEL", "FORGET_USER", "CREATE_CHANNEL", "CHANNEL_GET", "WANT_WAKES",
                 "CHANNEL_DETAIL", "QUEUE_GET", "RIGHTS", "SET_ACCESS", "SUBSCRIBE",
                 "UPDATE_QUEUE",
             )
@@ -170,6 +174,9 @@ class RedisBackend:
         self._link_directory = {name: Script(getattr(scripts, name)) for name in self._directory}
         self.waits = Wakes(self)
         self._hinted: dict[str, float] = {}
+        # Until when (monotonic) the store knows this node wants a channel's wakes.
+        self._wanted: dict[str, float] = {}
+        self._node = os.urandom(8).hex()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._admins: set[str] = set()
@@ -673,6 +680,14 @@ class RedisBackend:
         waiter.start(wait)
         return waiter
 
+    async def want_wakes(self, channel: str) -> None:
+        """Before a pull parks on `channel`: make sure every node's publishes wake us."""
+        now = time.monotonic()
+        if self._wanted.get(channel, 0.0) > now + WAKE_INTEREST / 2:
+            return
+        await self._run("WANT_WAKES", channel, self._node, WAKE_INTEREST)
+        self._wanted[channel] = now + WAKE_INTEREST
+
     async def take(
         self, channel: str, queue: str, user: str, admin: bool, max_messages: int
     ) -> bytes | None:
@@ -862,6 +877,8 @@ class RedisPull(Pending):
             while not self.done:
                 self._again = False
                 try:
+                    if self._timer is not None:  # it may wait: be woken from any node
+                        await self._backend.want_wakes(self.channel)
                     fields = await self._backend.take(
                         self.channel, self.queue, self.user, self._admin, self.max
                     )

@@ -95,14 +95,23 @@ local function may(meta_owner, access, user, admin, right)
   local held = redis.call('HGET', P .. 'g', user)
   return held and string.find(held, right, 1, true) ~= nil
 end
--- Wake the pulls waiting on the channel, on every node (see backend.Wakes).
-local function wake()
-  local prefix, channel = string.match(KEYS[1], '^(.-){ch:(.*)}:m$')
-  redis.call('PUBLISH', prefix .. 'wake', channel)
-end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Wake the pulls waiting on the channel, on every node (see backend.Wakes):
+-- only while some node has said it has pulls waiting here (`P w`: node ->
+-- until when, Redis time), so that a channel nobody long-polls costs no
+-- message to every node per publish.
+local function wake()
+  local last = redis.call('ZRANGE', P .. 'w', -1, -1, 'WITHSCORES')
+  if last[2] == nil then return end
+  if tonumber(last[2]) < now_ms() then
+    redis.call('DEL', P .. 'w')
+    return
+  end
+  local prefix, channel = string.match(KEYS[1], '^(.-){ch:(.*)}:m$')
+  redis.call('PUBLISH', prefix .. 'wake', channel)
 end
 -- The queue object's stored parts; backend.py makes the protocol's object.
 local function qview(name, quid, mq, mb)
@@ -136,6 +145,15 @@ local function cview(meta)
   end
   return {m[1], m[2], m[3], tonumber(m[4]), #qs, depth}
 end
+"""
+
+# ARGV: node, seconds. The node has pulls waiting on the channel: wake it (every
+# node) on what makes messages ready, until `seconds` from now.
+WANT_WAKES = r"""
+local ttl = tonumber(ARGV[2]) * 1000
+redis.call('ZADD', P .. 'w', now_ms() + ttl, ARGV[1])
+redis.call('PEXPIRE', P .. 'w', ttl)  -- gone with the last node that asked
+return {1}
 """
 
 # ARGV: user, admin, max_queue_messages, max_queue_bytes, largest stored,
@@ -541,7 +559,7 @@ local owners = {}
 for _, qname in ipairs(redis.call('HKEYS', P .. 'qs')) do
   owners[#owners + 1] = drop_queue(qname, ARGV[1])
 end
-redis.call('DEL', KEYS[1], P .. 'g', P .. 'qs', P .. 'b', P .. 'r')
+redis.call('DEL', KEYS[1], P .. 'g', P .. 'qs', P .. 'b', P .. 'r', P .. 'w')
 return {1, owners}
 """
 )
@@ -832,11 +850,13 @@ return {1}
 #: Redis is at `maxmemory`, so that consumers can drain a full store.
 FREEING = frozenset(
     {"ACK", "NACK", "EXPIRE", "PURGE", "DELETE_QUEUE", "DELETE_CHANNEL", "FORGET_USER"}
+    | {"WANT_WAKES"}
 )
 
 
 #: Scripts that change nothing (no WAIT for replicas after them).
-READ_ONLY = frozenset({"PEEK", "CHANNEL_GET", "CHANNEL_DETAIL", "QUEUE_GET"})
+#: (And the wake registration: nothing is lost if a failover loses it.)
+READ_ONLY = frozenset({"PEEK", "CHANNEL_GET", "CHANNEL_DETAIL", "QUEUE_GET", "WANT_WAKES"})
 
 
 def source(name: str) -> str:
