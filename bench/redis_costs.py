@@ -10,6 +10,9 @@ own time per script call (INFO commandstats). Nothing is pinned: run it on an
 idle machine. Bounded: stops after the messages or `--timeout` seconds, and
 kills what it started.
 
+With two nodes it then measures 500 wakes across nodes: a publish through
+the first node to a pull parked on the second, sent to answered.
+
     python bench/redis_costs.py [--messages 200000] [--nodes 1|2]
 """
 
@@ -146,6 +149,29 @@ async def load(ports: list[int], messages: int) -> float:
     return time.perf_counter() - started
 
 
+async def wakes(ports: list[int], count: int) -> list[float]:
+    """Publish through the first node to a pull waiting on the last: seconds to the reply."""
+    reader, writer = await session(ports[0])
+    writer.write(b'{"op":"channel.create","name":"w"}\n{"op":"subscribe","channel":"w"}\n')
+    for _ in range(2):
+        await reader.readline()
+    waiting_reader, waiting_writer = await session(ports[-1])
+    took = []
+    for _ in range(count):
+        waiting_writer.write(b'{"op":"pull","channel":"w","queue":"admin","wait":5}\n')
+        await asyncio.sleep(0.005)  # parked by then (a bench, not a test: no event to await)
+        sent = time.perf_counter()
+        writer.write(b'{"op":"publish","channel":"w","data":1}\n')
+        reply = orjson.loads(await waiting_reader.readline())
+        took.append(time.perf_counter() - sent)
+        await reader.readline()
+        ids = [m["id"] for m in reply["messages"]]
+        ack = {"op": "ack", "channel": "w", "queue": "admin", "ids": ids}
+        waiting_writer.write(orjson.dumps(ack) + b"\n")
+        await waiting_reader.readline()
+    return sorted(took)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -175,6 +201,10 @@ def main() -> None:
         for index, (process, _) in enumerate(nodes):
             print(f"node {index}: {per_message[process.pid] * 1e6:.1f} us of CPU per message")
         stats = redis.Redis(port=redis_port).info("commandstats")
+        if args.nodes == 2:
+            took = asyncio.run(asyncio.wait_for(wakes([port for _, port in nodes], 500), 60))
+            p50, p99 = took[len(took) // 2], took[int(len(took) * 0.99)]
+            print(f"wake across nodes: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms (500)")
         evalsha = stats.get("cmdstat_evalsha", {})
         print(
             f"redis scripts: {evalsha.get('calls', 0)} calls, "
