@@ -613,9 +613,9 @@ class Connection(asyncio.Protocol):
         outcome = pending.outcome
         if isinstance(pending, RunReplies):
             self._run_replied(pending)
-        elif self.state is State.AWAITING_AUTH and self.caller.user is not None:
-            self._authenticated()
-        if not isinstance(pending, RunReplies):
+        else:
+            if self.state is State.AWAITING_AUTH and self.caller.user is not None:
+                self._authenticated()
             self._answer(self._pending_head, outcome)
             if isinstance(outcome, TcpmqError) and outcome.code is ErrorCode.STORAGE_FULL:
                 self._out_refusals += 1

@@ -539,6 +539,18 @@ local function drop_queue(qname, accounts)
   account(accounts, owner, 0 - freed)
   return owner
 end
+-- Drop every queue `user` owns on the channel; returns how many.
+local function drop_queues_of(user, accounts)
+  local dropped = 0
+  local names = redis.call('HGETALL', P .. 'qs')
+  for i = 1, #names, 2 do
+    if redis.call('HGET', qkey(names[i + 1]), 'owner') == user then
+      drop_queue(names[i], accounts)
+      dropped = dropped + 1
+    end
+  end
+  return dropped
+end
 """
 
 # ARGV: queue, accounts key. Who may is checked before (QUEUE_GET).
@@ -571,14 +583,7 @@ FORGET_USER = (
     + r"""
 local user, heir = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0, 0} end
-local dropped = 0
-local names = redis.call('HGETALL', P .. 'qs')
-for i = 1, #names, 2 do
-  if redis.call('HGET', qkey(names[i + 1]), 'owner') == user then
-    drop_queue(names[i], ARGV[3])
-    dropped = dropped + 1
-  end
-end
+local dropped = drop_queues_of(user, ARGV[3])
 redis.call('HDEL', P .. 'g', user)
 local inherited = 0
 if redis.call('HGET', KEYS[1], 'owner') == user then
@@ -653,13 +658,7 @@ else redis.call('HSET', P .. 'g', user, after) end
 local dropped = 0
 if mode == 'revoke' and string.find(rights, 's', 1, true)
     and not may(m[1], m[2], user, ARGV[6], 's') then
-  local names = redis.call('HGETALL', P .. 'qs')
-  for i = 1, #names, 2 do
-    if redis.call('HGET', qkey(names[i + 1]), 'owner') == user then
-      drop_queue(names[i], ARGV[7])
-      dropped = dropped + 1
-    end
-  end
+  dropped = drop_queues_of(user, ARGV[7])
 end
 return {1, after, dropped}
 """
