@@ -475,10 +475,13 @@ def op_queue_purge(app: App, caller: Caller, request: wire.QueueRequest) -> Resu
 # -- operating ----------------------------------------------------------------
 
 
-def op_stats(app: App, caller: Caller, request: wire.NoFields) -> Result:
+def op_stats(app: App, caller: Caller, request: wire.NoFields) -> Result | Pending:
     _require_admin(caller)
     assert app.observer is not None, "the server starts its observer with the app"
-    return app.observer.stats()
+    stats = app.observer.stats()
+    # A shared store's channels are not in this process: the backend adds them.
+    of_store = getattr(app.backend, "stats_of_store", None)
+    return stats if of_store is None else of_store(stats)
 
 
 def op_store_backup(app: App, caller: Caller, request: wire.BackupRequest) -> Pending:

@@ -322,7 +322,8 @@ class RedisBackend:
 
     def _queue_info(self, view: list[Any], channel: str, now: float) -> dict[str, object]:
         (name, owner, created_at, ack, depth, inflight, tail, redeliveries,
-         overflow, max_messages, max_bytes, dropped, _uid) = view  # fmt: skip
+         overflow, max_messages, max_bytes, dropped, _uid, _oldest, _delivered,
+         _acked) = view  # fmt: skip
         oldest = None
         if tail:
             oldest = max(0.0, now - wire.head_published_at(b'{"id":0' + tail))
@@ -346,7 +347,7 @@ class RedisBackend:
 
     @staticmethod
     def _channel_info(name: str, view: list[Any]) -> dict[str, object]:
-        owner, access, created_at, published, queue_count, depth = view
+        owner, access, created_at, published, queue_count, depth, _last = view
         return {
             "name": name,
             "owner": _decode(owner),
@@ -499,6 +500,47 @@ class RedisBackend:
             return {"access": access, "granted": [_decode(g) for g in granted]}
 
         return TaskPending(update())
+
+    def stats_of_store(self, base: dict[str, Any]) -> Pending:
+        """`stats` (stats.Observer's, of this node) with the store's channels and
+        queues, and Redis's `used_memory` as `memory_bytes`."""
+
+        async def fill() -> Result:
+            now = time.time()
+            limits = self.limits
+            channels, queues = [], []
+            for name in await self._channel_names():
+                try:
+                    view, _grants, views = await self._run(
+                        "CHANNEL_DETAIL", name, limits.max_queue_messages, limits.max_queue_bytes
+                    )
+                except NotFound:  # deleted meanwhile
+                    continue
+                found = []
+                for queue_view in sorted(views, key=lambda v: _decode(v[0])):
+                    info = self._queue_info(queue_view, name, now)
+                    oldest, info["delivered"], info["acked"] = queue_view[13:16]
+                    # Ids from the oldest held to the channel's newest (stats.queue_stats).
+                    info["lag"] = 0 if not oldest else view[6] + 1 - oldest
+                    found.append(info)
+                channel = self._channel_info(name, view)
+                channels.append(
+                    {
+                        "name": name,
+                        "published": channel["published"],
+                        "queue_count": channel["queue_count"],
+                        "depth": channel["depth"],
+                        "inflight": sum(int(str(q["inflight"])) for q in found),
+                    }
+                )
+                queues.extend(found)
+            try:
+                memory = (await self.client.info("memory"))["used_memory"]
+            except rerr.RedisError as exc:
+                raise unavailable(exc) from exc
+            return {**base, "channels": channels, "queues": queues, "memory_bytes": memory}
+
+        return TaskPending(fill())
 
     # -- queues -----------------------------------------------------------------
 

@@ -117,7 +117,7 @@ end
 local function qview(name, quid, mq, mb)
   local Q = qkey(quid)
   local f = redis.call('HMGET', Q, 'owner', 'created_at', 'ack_timeout', 'overflow',
-    'own_max_messages', 'own_max_bytes', 'dropped')
+    'own_max_messages', 'own_max_bytes', 'dropped', 'delivered', 'acked')
   local oldest = nil
   local r0 = redis.call('ZRANGE', Q .. 'r', 0, 0)
   local f0 = redis.call('LRANGE', Q .. 'f', 0, 0)
@@ -133,17 +133,18 @@ local function qview(name, quid, mq, mb)
   return {name, f[1], f[2], f[3],
     redis.call('LLEN', Q .. 'f') + redis.call('ZCARD', Q .. 'r'),
     redis.call('SCARD', Q .. 'i'), tail, redis.call('ZCARD', Q .. 'r'), f[4],
-    effective(f[5], mq), effective(f[6], mb), tonumber(f[7] or 0), quid}
+    effective(f[5], mq), effective(f[6], mb), tonumber(f[7] or 0), quid,
+    tonumber(oldest or 0), tonumber(f[8] or 0), tonumber(f[9] or 0)}
 end
 local function cview(meta)
-  local m = redis.call('HMGET', meta, 'owner', 'access', 'created_at', 'published')
+  local m = redis.call('HMGET', meta, 'owner', 'access', 'created_at', 'published', 'last')
   local depth = 0
   local qs = redis.call('HVALS', P .. 'qs')
   for _, quid in ipairs(qs) do
     local Q = qkey(quid)
     depth = depth + redis.call('LLEN', Q .. 'f') + redis.call('ZCARD', Q .. 'r')
   end
-  return {m[1], m[2], m[3], tonumber(m[4]), #qs, depth}
+  return {m[1], m[2], m[3], tonumber(m[4]), #qs, depth, tonumber(m[5])}
 end
 """
 
